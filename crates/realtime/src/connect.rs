@@ -1,0 +1,89 @@
+//! Opening the Realtime WebSocket.
+
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The socket type returned by [`connect`].
+pub type RealtimeSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Why the model socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("invalid Realtime URL {url}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("invalid API key header value")]
+    ApiKey,
+    #[error("WebSocket handshake with {url} failed: {source}")]
+    Handshake {
+        url: String,
+        #[source]
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+}
+
+/// `{base}?model={model}` (or `&model=` when the base has a query).
+pub fn realtime_url(base: &str, model: &str) -> Result<url::Url, ConnectError> {
+    let mut url = url::Url::parse(base).map_err(|e| ConnectError::Url {
+        url: base.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if !matches!(url.scheme(), "ws" | "wss") {
+        return Err(ConnectError::Url {
+            url: base.to_owned(),
+            reason: "scheme must be ws or wss".into(),
+        });
+    }
+    url.query_pairs_mut().append_pair("model", model);
+    Ok(url)
+}
+
+/// Open the GA Realtime socket: `Authorization: Bearer <key>` and no
+/// `OpenAI-Beta` header (the beta shape is retired; the header alone makes
+/// the server close the socket).
+pub async fn connect(
+    base: &str,
+    model: &str,
+    api_key: &str,
+) -> Result<RealtimeSocket, ConnectError> {
+    let url = realtime_url(base, model)?;
+    let url_str = url.to_string();
+    let mut request = url_str
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ConnectError::Url {
+            url: url_str.clone(),
+            reason: e.to_string(),
+        })?;
+    let auth =
+        HeaderValue::from_str(&format!("Bearer {api_key}")).map_err(|_| ConnectError::ApiKey)?;
+    request.headers_mut().insert("Authorization", auth);
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(16 << 20))
+        .max_frame_size(Some(16 << 20));
+    let (socket, _response) =
+        tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+            .await
+            .map_err(|e| ConnectError::Handshake {
+                url: url_str,
+                source: Box::new(e),
+            })?;
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_carries_the_model() {
+        let u = realtime_url("wss://api.openai.com/v1/realtime", "gpt-realtime-2.1").expect("url");
+        assert_eq!(
+            u.as_str(),
+            "wss://api.openai.com/v1/realtime?model=gpt-realtime-2.1"
+        );
+        assert!(realtime_url("https://api.openai.com/v1/realtime", "m").is_err());
+        assert!(realtime_url("not a url", "m").is_err());
+    }
+}
