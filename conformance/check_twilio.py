@@ -176,7 +176,7 @@ def main(argv):
         check_twiml(i, vec)
     n = sum(len(doc.get(s) or []) for s in ("signatures", "json_bodies", "twiml"))
     if failures:
-        print(f"\ncheck_twilio: {len(failures)} of {n} vectors FAILED")
+        print(f"\ncheck_twilio: FAILED ({len(failures)} failure(s), {n} vector(s) read)")
         return 1
     print(f"\ncheck_twilio: all {n} vectors agree with twilio {twilio.__version__}")
     return 0

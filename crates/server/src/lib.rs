@@ -1,1 +1,21 @@
+//! voxbridge: lets an AI agent hold real phone calls by bridging Twilio
+//! Media Streams to the OpenAI Realtime API.
+//!
+//! - [`app`]: the axum application (`/health`, `/twilio/voice`, `/twilio/media`);
+//! - [`session`]: one call, one task, owning both sockets;
+//! - [`playback`]: the outbound pacer, marks and barge-in state machine;
+//! - [`config`]: `voxbridge.toml` + environment variables;
+//! - [`hub`]: in-process call events;
+//! - [`demo`]: a whole call offline, against the emulators.
 
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod hub;
+pub mod playback;
+pub mod session;
+pub mod token;
+pub mod ws;
+
+pub use app::{App, AppState};
+pub use config::Config;

@@ -26,7 +26,10 @@ fn signature_vector(token: &str, url: &str, params: &[(&str, &str)]) -> Value {
 
 fn json_body_vector(token: &str, base_url: &str, body: &str) -> Value {
     let sep = if base_url.contains('?') { '&' } else { '?' };
-    let url = format!("{base_url}{sep}bodySHA256={}", body_sha256_hex(body.as_bytes()));
+    let url = format!(
+        "{base_url}{sep}bodySHA256={}",
+        body_sha256_hex(body.as_bytes())
+    );
     let signature = compute_signature(token, &url, &[]);
     json!({ "token": token, "url": url, "body": body, "signature": signature })
 }
@@ -54,7 +57,11 @@ fn main() {
     ];
     let signatures = vec![
         // the voice webhook of CONFORMANCE.md §1.1 (expected GIQlbxgBLJTNa/xMWTWI365XBXM=)
-        signature_vector(TOKEN, "https://example.com/twilio/voice?tenant=acme", &voice),
+        signature_vector(
+            TOKEN,
+            "https://example.com/twilio/voice?tenant=acme",
+            &voice,
+        ),
         // query string + explicit default port
         signature_vector(
             TOKEN,
@@ -121,6 +128,7 @@ fn main() {
                 ("quote", r#"say "hi" & it's <fine>"#),
                 ("direction", "outbound"),
                 ("unicode", "café ✓ 日本語"),
+                ("multiline", "line1\nline2\ttabbed\r\nend"),
             ]),
             say: Some("This call may be recorded & it's <monitored> by \"Acme\".".into()),
             status_callback: None,

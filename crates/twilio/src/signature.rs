@@ -423,12 +423,7 @@ mod tests {
             &voice_params(),
             sig
         ));
-        assert!(!validate_signature(
-            "54321",
-            url,
-            &voice_params(),
-            sig
-        ));
+        assert!(!validate_signature("54321", url, &voice_params(), sig));
         assert!(!validate_signature(
             TOKEN,
             "http://example.com/twilio/voice?tenant=acme",
@@ -440,7 +435,11 @@ mod tests {
             TOKEN,
             "https://example.com:8443/twilio/voice?tenant=acme",
             &voice_params(),
-            &compute_signature(TOKEN, "https://example.com:444/twilio/voice?tenant=acme", &voice_params())
+            &compute_signature(
+                TOKEN,
+                "https://example.com:444/twilio/voice?tenant=acme",
+                &voice_params()
+            )
         ));
     }
 
@@ -459,7 +458,10 @@ mod tests {
             "\u{0}\u{ffff}é",
             &"A".repeat(10_000),
         ] {
-            assert!(!validate_signature(TOKEN, url, &voice_params(), sig), "{sig:?}");
+            assert!(
+                !validate_signature(TOKEN, url, &voice_params(), sig),
+                "{sig:?}"
+            );
             assert!(!validate_json_request(TOKEN, url, b"{}", sig), "{sig:?}");
         }
         assert!(validate_signature(TOKEN, url, &voice_params(), good));

@@ -16,7 +16,9 @@ pub enum TwimlError {
     #[error("stream url must use the wss:// scheme, got {0}:// (Twilio error 31922)")]
     NotWss(String),
     /// Twilio error 31920: `<Stream>` does not support query strings; use `<Parameter>`.
-    #[error("stream url must not carry a query string; pass values as <Parameter> (Twilio error 31920)")]
+    #[error(
+        "stream url must not carry a query string; pass values as <Parameter> (Twilio error 31920)"
+    )]
     QueryString,
     /// A fragment is never sent to the server and is not accepted either.
     #[error("stream url must not carry a fragment")]
@@ -26,6 +28,21 @@ pub enum TwimlError {
 /// Check that `url` is acceptable as `<Stream url>`: absolute `wss://` URL with a
 /// host, no query string (not even an empty `?`) and no fragment.
 pub fn validate_stream_url(url: &str) -> Result<(), TwimlError> {
+    // The WHATWG parser behind `url` forgives things Twilio may not (whitespace,
+    // backslashes, `wss:///host`): refuse them on the raw string first.
+    if url
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+    {
+        return Err(TwimlError::InvalidUrl(
+            "contains whitespace, a control character or a backslash".to_owned(),
+        ));
+    }
+    if let Some((_, rest)) = url.split_once("://")
+        && (rest.is_empty() || rest.starts_with('/'))
+    {
+        return Err(TwimlError::InvalidUrl("missing host".to_owned()));
+    }
     let parsed = url::Url::parse(url).map_err(|e| TwimlError::InvalidUrl(e.to_string()))?;
     if parsed.scheme() != "wss" {
         return Err(TwimlError::NotWss(parsed.scheme().to_owned()));
@@ -189,7 +206,10 @@ mod tests {
             validate_stream_url("wss://voice.example.com/media-stream"),
             Ok(())
         );
-        assert_eq!(validate_stream_url("WSS://voice.example.com:8443/m"), Ok(()));
+        assert_eq!(
+            validate_stream_url("WSS://voice.example.com:8443/m"),
+            Ok(())
+        );
         assert_eq!(
             validate_stream_url("ws://voice.example.com/m"),
             Err(TwimlError::NotWss("ws".into()))
@@ -210,7 +230,17 @@ mod tests {
             validate_stream_url("wss://voice.example.com/m#x"),
             Err(TwimlError::Fragment)
         );
-        for bad in ["", "voice.example.com/m", "wss://", "wss:///m", "not a url"] {
+        for bad in [
+            "",
+            "voice.example.com/m",
+            "wss://",
+            "wss:///m",
+            "wss:\\\\h\\m",
+            " wss://h/m",
+            "wss://h/m\n",
+            "wss://h/a b",
+            "not a url",
+        ] {
             assert!(
                 matches!(
                     validate_stream_url(bad),
@@ -222,7 +252,9 @@ mod tests {
         // the error message names the Twilio error code
         assert!(
             TwimlError::QueryString.to_string().contains("31920")
-                && TwimlError::NotWss("ws".into()).to_string().contains("31922")
+                && TwimlError::NotWss("ws".into())
+                    .to_string()
+                    .contains("31922")
         );
     }
 }

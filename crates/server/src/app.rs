@@ -1,0 +1,440 @@
+//! The HTTP application: `/health`, the Twilio voice webhook and the
+//! Twilio media WebSocket.
+
+use crate::config::Config;
+use crate::hub::{CallEventKind, EventHub};
+use crate::playback::PacerConfig;
+use crate::session::{self, CallSettings, ModelFuture, ModelLink};
+use crate::token;
+use crate::ws::{self, CLOSE_POLICY, Link, WsIn, WsOut};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+use voxbridge_realtime::session::SessionConfig;
+use voxbridge_twilio::media::{self, Inbound, Start};
+use voxbridge_twilio::signature;
+use voxbridge_twilio::twiml::ConnectStream;
+
+/// Everything a request handler may need. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+/// The application.
+pub struct App {
+    pub config: Config,
+    /// Call events, for the CLI, logs and (later) storage and `/v1/events`.
+    pub hub: EventHub,
+    /// Per-call settings derived once from the config.
+    settings: Arc<CallSettings>,
+    /// Secret behind the per-call stream tokens.
+    stream_secret: Vec<u8>,
+    /// Model sockets opened while answering the voice webhook, waiting for
+    /// their media socket, by call id.
+    preconnected: Mutex<HashMap<String, oneshot::Receiver<Result<ModelLink, String>>>>,
+    /// Calls in progress on this node (pre-connected or streaming).
+    active_calls: AtomicUsize,
+}
+
+/// An HTTP error as `{"error": …, "code": …}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(json!({"error": self.message, "code": self.code})),
+        )
+            .into_response()
+    }
+}
+
+impl App {
+    /// Build the application from its configuration.
+    pub fn build(config: Config) -> AppState {
+        let settings = Arc::new(call_settings(&config));
+        let stream_secret = match (&config.stream_secret, &config.twilio_auth_token) {
+            (Some(s), _) => s.as_bytes().to_vec(),
+            (None, Some(t)) => {
+                use sha2::Digest;
+                sha2::Sha256::digest(format!("voxbridge-stream-secret:{t}").as_bytes()).to_vec()
+            }
+            (None, None) => rand::random::<[u8; 32]>().to_vec(),
+        };
+        AppState(Arc::new(App {
+            config,
+            hub: EventHub::default(),
+            settings,
+            stream_secret,
+            preconnected: Mutex::new(HashMap::new()),
+            active_calls: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Calls in progress on this node.
+    pub fn active_calls(&self) -> usize {
+        self.active_calls.load(Ordering::Relaxed)
+    }
+
+    fn preconnected(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Receiver<Result<ModelLink, String>>>>
+    {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.preconnected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The per-call settings a config implies.
+pub fn call_settings(config: &Config) -> CallSettings {
+    let turn = config.turn_detection();
+    CallSettings {
+        session: SessionConfig::phone(
+            config.openai_model.clone(),
+            config.instructions.clone(),
+            config.voice.clone(),
+            turn.clone(),
+            config.transcription(),
+            config.noise_reduction(),
+        ),
+        turn_detection: turn,
+        greeting: config
+            .agent_speaks_first
+            .then(|| config.greeting.clone()),
+        greeting_protected: config.greeting_uninterruptible,
+        pacer: PacerConfig {
+            lead: Duration::from_millis(config.pacing_lead_ms),
+            mark_interval_ms: config.mark_interval_ms,
+        },
+        input_buffer_ms: config.input_buffer_ms,
+    }
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/twilio/voice", post(voice))
+        .route("/twilio/media", get(media_socket))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+        })
+        .with_state(state)
+}
+
+/// Serve `router` on a bound listener until `shutdown` resolves.
+pub async fn run(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// Check X-Twilio-Signature when an auth token is configured.
+fn check_signature(
+    state: &App,
+    headers: &HeaderMap,
+    url: &str,
+    params: &[(String, String)],
+) -> Result<(), ApiError> {
+    let Some(auth_token) = &state.config.twilio_auth_token else {
+        return Ok(());
+    };
+    let sig = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "SIGNATURE_MISSING",
+                "missing X-Twilio-Signature",
+            )
+        })?;
+    if signature::validate_signature(auth_token, url, params, sig) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "SIGNATURE_INVALID",
+            "X-Twilio-Signature does not match",
+        ))
+    }
+}
+
+/// `POST /twilio/voice`: answer with TwiML that opens a bidirectional
+/// Media Stream, and start opening the model socket right away.
+async fn voice(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let url = format!(
+        "{}{}",
+        state.config.public_url,
+        uri.path_and_query().map_or("/twilio/voice", |p| p.as_str())
+    );
+    check_signature(&state, &headers, &url, &params)?;
+    let Some(api_key) = state.config.openai_api_key.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "MODEL_NOT_CONFIGURED",
+            "OPENAI_API_KEY is not configured",
+        ));
+    };
+    if state.active_calls() >= state.config.max_calls {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "OVER_CAPACITY",
+            "this node is at its call limit",
+        ));
+    }
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let call_id = uuid::Uuid::now_v7().to_string();
+    let stream_token = token::stream_token(&state.stream_secret, &call_id);
+
+    // Pre-connect the model, keyed by our call id.
+    let (tx, rx) = oneshot::channel();
+    state.preconnected().insert(call_id.clone(), rx);
+    state.active_calls.fetch_add(1, Ordering::Relaxed);
+    let opener = open_model(
+        state.config.openai_realtime_url.clone(),
+        state.config.openai_model.clone(),
+        api_key,
+        state.settings.clone(),
+    );
+    tokio::spawn(async move {
+        let _ = tx.send(opener.await);
+    });
+    let expiry_state = state.clone();
+    let expiry_id = call_id.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(expiry_state.config.preconnect_ttl_ms)).await;
+        if expiry_state.preconnected().remove(&expiry_id).is_some() {
+            // Nobody claimed it: dropping the receiver closes the socket.
+            expiry_state.active_calls.fetch_sub(1, Ordering::Relaxed);
+            warn!(call_id = %expiry_id, "pre-connected model socket expired unused");
+        }
+    });
+
+    state.hub.publish(
+        &call_id,
+        CallEventKind::Answered {
+            from: param("From"),
+            to: param("To"),
+        },
+    );
+    info!(%call_id, call_sid = %param("CallSid"), from = %param("From"), to = %param("To"), "voice webhook answered");
+    let twiml = ConnectStream {
+        url: state.config.stream_url(),
+        parameters: vec![
+            ("call_id".into(), call_id),
+            ("token".into(), stream_token),
+        ],
+        say: None,
+        status_callback: None,
+    }
+    .to_xml();
+    Ok(([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], twiml).into_response())
+}
+
+/// Connect to the model and send the initial `session.update`.
+fn open_model(
+    base: String,
+    model: String,
+    api_key: String,
+    settings: Arc<CallSettings>,
+) -> ModelFuture {
+    Box::pin(async move {
+        let socket = voxbridge_realtime::connect(&base, &model, &api_key)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut link = ws::from_tungstenite(socket);
+        link.tx
+            .send(WsOut::Text(CallSettings::session_update(
+                settings.initial_session(),
+            )))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ModelLink {
+            link,
+            session_update_sent: true,
+        })
+    })
+}
+
+/// `GET /twilio/media`: the Media Stream WebSocket.
+async fn media_socket(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    // Twilio signs the wss:// Stream URL of the TwiML, with no parameters.
+    check_signature(&state, &headers, &state.config.stream_url(), &[])?;
+    let max = state.config.max_frame_bytes;
+    Ok(upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| handle_media(state, ws::from_axum(socket)))
+        .into_response())
+}
+
+/// Drive one media socket: wait for `start`, authorize it, run the call.
+/// Generic over [`Link`] so tests can drive it with channels.
+pub async fn handle_media(state: AppState, mut twilio: Link) {
+    let start = match wait_for_start(&state, &mut twilio).await {
+        Some(s) => s,
+        None => return,
+    };
+    let call_id = start
+        .custom_parameters
+        .get("call_id")
+        .cloned()
+        .unwrap_or_default();
+    let presented = start
+        .custom_parameters
+        .get("token")
+        .map_or("", String::as_str);
+    if call_id.is_empty() || !token::verify_stream_token(&state.stream_secret, &call_id, presented)
+    {
+        warn!(stream_sid = %start.stream_sid, "media stream with a missing or invalid call token");
+        let _ = twilio
+            .tx
+            .send(WsOut::Close(CLOSE_POLICY, "invalid stream token".into()))
+            .await;
+        return;
+    }
+    if !start.media_format.is_mulaw_8k_mono() {
+        warn!(format = ?start.media_format, "unexpected Twilio media format");
+    }
+    let claimed = state.preconnected().remove(&call_id);
+    let model: ModelFuture = match (claimed, state.config.openai_api_key.clone()) {
+        (Some(rx), _) => Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err("pre-connect task ended".into()))
+        }),
+        (None, Some(key)) => {
+            // The socket landed on a node that did not answer the webhook,
+            // or the pre-connect expired: connect afresh.
+            state.active_calls.fetch_add(1, Ordering::Relaxed);
+            open_model(
+                state.config.openai_realtime_url.clone(),
+                state.config.openai_model.clone(),
+                key,
+                state.settings.clone(),
+            )
+        }
+        (None, None) => {
+            let _ = twilio
+                .tx
+                .send(WsOut::Close(CLOSE_POLICY, "model not configured".into()))
+                .await;
+            return;
+        }
+    };
+    let summary = session::run(
+        call_id.clone(),
+        start,
+        twilio,
+        model,
+        state.settings.clone(),
+        state.hub.clone(),
+    )
+    .await;
+    state.active_calls.fetch_sub(1, Ordering::Relaxed);
+    info!(%call_id, reason = ?summary.end_reason, frames_in = summary.frames_in,
+          frames_out = summary.frames_out, barge_ins = summary.barge_ins, "call finished");
+}
+
+/// Read frames until `start`. Media before start has no stream to belong
+/// to and is dropped; a socket that never sends start is closed (1008).
+async fn wait_for_start(state: &AppState, twilio: &mut Link) -> Option<Start> {
+    let deadline = tokio::time::sleep(Duration::from_millis(state.config.start_timeout_ms));
+    tokio::pin!(deadline);
+    let mut early = 0u64;
+    loop {
+        tokio::select! {
+            m = twilio.rx.next() => match m {
+                Some(WsIn::Text(t)) => match media::parse(t.as_str()) {
+                    Ok(Inbound::Start(s)) => return Some(s),
+                    Ok(Inbound::Stop) => return None,
+                    Ok(Inbound::Media(_)) => {
+                        early += 1;
+                        if early == 1 {
+                            warn!("media before start dropped");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "unparseable frame before start ignored"),
+                },
+                Some(WsIn::Binary(len)) => warn!(len, "binary frame before start ignored"),
+                Some(WsIn::Close(_)) | None => return None,
+                Some(WsIn::Error(e)) => {
+                    warn!(error = %e, "media socket failed before start");
+                    let code = if e.contains("too long") || e.contains("Space limit") {
+                        ws::CLOSE_TOO_BIG
+                    } else {
+                        CLOSE_POLICY
+                    };
+                    let _ = twilio.tx.send(WsOut::Close(code, "bad frame".into())).await;
+                    return None;
+                }
+            },
+            () = &mut deadline => {
+                warn!("media socket sent no start in time; closing");
+                let _ = twilio.tx.send(WsOut::Close(CLOSE_POLICY, "no start message".into())).await;
+                return None;
+            }
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! Configuration: an optional `voxbridge.toml`, then environment variables
+//! (the names users already know from Twilio and OpenAI samples win).
+//!
+//! Every key of the file has the same name as its variable, lower-cased
+//! (`PUBLIC_URL` -> `public_url`).
+
+use serde::Deserialize;
+use std::path::Path;
+use voxbridge_realtime::session::{NoiseReduction, Transcription, TurnDetection, VOICES};
+
+/// Effective configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listen port (`PORT`).
+    pub port: u16,
+    /// Listen address (`BIND`).
+    pub bind: String,
+    /// The URL Twilio reaches us at (`PUBLIC_URL`). Signatures are computed
+    /// over it and the Stream URL in the TwiML is derived from it.
+    pub public_url: String,
+    /// `OPENAI_API_KEY`.
+    pub openai_api_key: Option<String>,
+    /// Realtime WebSocket base (`OPENAI_REALTIME_URL`).
+    pub openai_realtime_url: String,
+    /// Realtime model (`OPENAI_MODEL`).
+    pub openai_model: String,
+    /// Agent voice (`VOICE`).
+    pub voice: String,
+    /// System instructions (`INSTRUCTIONS`).
+    pub instructions: String,
+    /// Whether the agent speaks first (`AGENT_SPEAKS_FIRST`).
+    pub agent_speaks_first: bool,
+    /// Instructions for the first response (`GREETING`).
+    pub greeting: String,
+    /// The greeting (a disclosure) is played whole, never cut by barge-in
+    /// (`GREETING_UNINTERRUPTIBLE`).
+    pub greeting_uninterruptible: bool,
+    /// `server_vad`, `semantic_vad` or `none` (`TURN_DETECTION`).
+    pub turn_detection: String,
+    /// server_vad threshold 0..1 (`VAD_THRESHOLD`).
+    pub vad_threshold: f64,
+    /// `VAD_PREFIX_PADDING_MS`.
+    pub vad_prefix_padding_ms: u32,
+    /// `VAD_SILENCE_DURATION_MS`.
+    pub vad_silence_duration_ms: u32,
+    /// semantic_vad eagerness: low, medium, high, auto (`VAD_EAGERNESS`).
+    pub vad_eagerness: String,
+    /// Let the server cancel its response when the caller speaks
+    /// (`INTERRUPT_RESPONSE`); when false the bridge sends `response.cancel`.
+    pub interrupt_response: bool,
+    /// Caller transcription model, or `none` (`TRANSCRIPTION_MODEL`).
+    pub transcription_model: String,
+    /// Transcription language hint, e.g. `en` (`TRANSCRIPTION_LANGUAGE`).
+    pub transcription_language: Option<String>,
+    /// `near_field`, `far_field` or `none` (`NOISE_REDUCTION`).
+    pub noise_reduction: String,
+    /// Twilio auth token: validates X-Twilio-Signature (`TWILIO_AUTH_TOKEN`).
+    pub twilio_auth_token: Option<String>,
+    /// Secret for per-call stream tokens (`VOXBRIDGE_STREAM_SECRET`); shared
+    /// by all nodes. Defaults to one derived from the Twilio auth token, or
+    /// a random one per process.
+    pub stream_secret: Option<String>,
+    /// Outbound pacing lead (`PACING_LEAD_MS`).
+    pub pacing_lead_ms: u64,
+    /// Audio between playback marks (`MARK_INTERVAL_MS`).
+    pub mark_interval_ms: u64,
+    /// Close a media socket that sends no `start` in time (`START_TIMEOUT_MS`).
+    pub start_timeout_ms: u64,
+    /// How long a pre-connected model socket waits for its media socket
+    /// (`PRECONNECT_TTL_MS`).
+    pub preconnect_ttl_ms: u64,
+    /// Caller audio kept while the model socket is still opening (`INPUT_BUFFER_MS`).
+    pub input_buffer_ms: u64,
+    /// Largest WebSocket message accepted from Twilio (`MAX_FRAME_BYTES`).
+    pub max_frame_bytes: usize,
+    /// Concurrent calls this node accepts (`MAX_CALLS`).
+    pub max_calls: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: 8080,
+            bind: "0.0.0.0".into(),
+            public_url: String::new(),
+            openai_api_key: None,
+            openai_realtime_url: "wss://api.openai.com/v1/realtime".into(),
+            openai_model: "gpt-realtime-2.1".into(),
+            voice: "marin".into(),
+            instructions: "You are a helpful, concise phone assistant. You are an AI; say so if asked. \
+                           Speak naturally and briefly, one or two sentences at a time."
+                .into(),
+            agent_speaks_first: true,
+            greeting: "Greet the caller in one short sentence, say that you are an AI assistant, \
+                       and ask how you can help."
+                .into(),
+            greeting_uninterruptible: true,
+            turn_detection: "server_vad".into(),
+            vad_threshold: 0.5,
+            vad_prefix_padding_ms: 300,
+            vad_silence_duration_ms: 500,
+            vad_eagerness: "auto".into(),
+            interrupt_response: true,
+            transcription_model: "gpt-4o-mini-transcribe".into(),
+            transcription_language: None,
+            noise_reduction: "none".into(),
+            twilio_auth_token: None,
+            stream_secret: None,
+            pacing_lead_ms: 160,
+            mark_interval_ms: 100,
+            start_timeout_ms: 10_000,
+            preconnect_ttl_ms: 30_000,
+            input_buffer_ms: 5_000,
+            max_frame_bytes: 64 * 1024,
+            max_calls: 2_000,
+        }
+    }
+}
+
+/// A configuration problem, naming the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid {path}: {source}")]
+    Toml {
+        path: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("{name}={value:?} is not valid: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+fn invalid(name: &'static str, value: impl ToString, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Load `path` (if given, or `./voxbridge.toml` if it exists) and apply
+    /// the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let default_path = Path::new("voxbridge.toml");
+        let path = path.or_else(|| default_path.exists().then_some(default_path));
+        Self::from_sources(path, |k| std::env::var(k).ok())
+    }
+
+    /// Load from a file (optional) and an environment lookup (for tests).
+    pub fn from_sources(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Toml {
+                    path: p.display().to_string(),
+                    source: Box::new(source),
+                })?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(name: &'static str, v: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim().parse().map_err(|e: T::Err| invalid(name, v, e.to_string()))
+        }
+        fn boolean(name: &'static str, v: &str) -> Result<bool, ConfigError> {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(invalid(name, v, "expected true or false")),
+            }
+        }
+        macro_rules! set {
+            ($name:literal, $field:ident, string) => {
+                if let Some(v) = env($name) { self.$field = v; }
+            };
+            ($name:literal, $field:ident, opt) => {
+                if let Some(v) = env($name) { self.$field = if v.is_empty() { None } else { Some(v) }; }
+            };
+            ($name:literal, $field:ident, bool) => {
+                if let Some(v) = env($name) { self.$field = boolean($name, &v)?; }
+            };
+            ($name:literal, $field:ident, parse) => {
+                if let Some(v) = env($name) { self.$field = parse($name, &v)?; }
+            };
+        }
+        set!("PORT", port, parse);
+        set!("BIND", bind, string);
+        set!("PUBLIC_URL", public_url, string);
+        set!("OPENAI_API_KEY", openai_api_key, opt);
+        set!("OPENAI_REALTIME_URL", openai_realtime_url, string);
+        set!("OPENAI_MODEL", openai_model, string);
+        set!("VOICE", voice, string);
+        set!("INSTRUCTIONS", instructions, string);
+        set!("AGENT_SPEAKS_FIRST", agent_speaks_first, bool);
+        set!("GREETING", greeting, string);
+        set!("GREETING_UNINTERRUPTIBLE", greeting_uninterruptible, bool);
+        set!("TURN_DETECTION", turn_detection, string);
+        set!("VAD_THRESHOLD", vad_threshold, parse);
+        set!("VAD_PREFIX_PADDING_MS", vad_prefix_padding_ms, parse);
+        set!("VAD_SILENCE_DURATION_MS", vad_silence_duration_ms, parse);
+        set!("VAD_EAGERNESS", vad_eagerness, string);
+        set!("INTERRUPT_RESPONSE", interrupt_response, bool);
+        set!("TRANSCRIPTION_MODEL", transcription_model, string);
+        set!("TRANSCRIPTION_LANGUAGE", transcription_language, opt);
+        set!("NOISE_REDUCTION", noise_reduction, string);
+        set!("TWILIO_AUTH_TOKEN", twilio_auth_token, opt);
+        set!("VOXBRIDGE_STREAM_SECRET", stream_secret, opt);
+        set!("PACING_LEAD_MS", pacing_lead_ms, parse);
+        set!("MARK_INTERVAL_MS", mark_interval_ms, parse);
+        set!("START_TIMEOUT_MS", start_timeout_ms, parse);
+        set!("PRECONNECT_TTL_MS", preconnect_ttl_ms, parse);
+        set!("INPUT_BUFFER_MS", input_buffer_ms, parse);
+        set!("MAX_FRAME_BYTES", max_frame_bytes, parse);
+        set!("MAX_CALLS", max_calls, parse);
+        if self.public_url.is_empty() {
+            self.public_url = format!("http://localhost:{}", self.port);
+        }
+        Ok(())
+    }
+
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        let url = url::Url::parse(&self.public_url)
+            .map_err(|e| invalid("PUBLIC_URL", &self.public_url, e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(invalid(
+                "PUBLIC_URL",
+                &self.public_url,
+                "must be an http(s) URL with a host",
+            ));
+        }
+        if url.query().is_some() {
+            return Err(invalid("PUBLIC_URL", &self.public_url, "must not have a query"));
+        }
+        self.public_url = self.public_url.trim_end_matches('/').to_owned();
+        voxbridge_realtime::realtime_url(&self.openai_realtime_url, &self.openai_model)
+            .map_err(|e| invalid("OPENAI_REALTIME_URL", &self.openai_realtime_url, e.to_string()))?;
+        if !VOICES.contains(&self.voice.as_str()) {
+            return Err(invalid(
+                "VOICE",
+                &self.voice,
+                format!("not a Realtime voice; one of {}", VOICES.join(", ")),
+            ));
+        }
+        match self.turn_detection.as_str() {
+            "server_vad" | "semantic_vad" | "none" => {}
+            _ => {
+                return Err(invalid(
+                    "TURN_DETECTION",
+                    &self.turn_detection,
+                    "server_vad, semantic_vad or none",
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.vad_threshold) {
+            return Err(invalid("VAD_THRESHOLD", self.vad_threshold, "between 0 and 1"));
+        }
+        if !matches!(self.vad_eagerness.as_str(), "low" | "medium" | "high" | "auto") {
+            return Err(invalid(
+                "VAD_EAGERNESS",
+                &self.vad_eagerness,
+                "low, medium, high or auto",
+            ));
+        }
+        if !matches!(
+            self.noise_reduction.as_str(),
+            "none" | "near_field" | "far_field"
+        ) {
+            return Err(invalid(
+                "NOISE_REDUCTION",
+                &self.noise_reduction,
+                "none, near_field or far_field",
+            ));
+        }
+        if self.pacing_lead_ms < 20 || self.pacing_lead_ms > 5_000 {
+            return Err(invalid("PACING_LEAD_MS", self.pacing_lead_ms, "20..=5000"));
+        }
+        if self.mark_interval_ms < 20 {
+            return Err(invalid("MARK_INTERVAL_MS", self.mark_interval_ms, "at least 20"));
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err(invalid("MAX_FRAME_BYTES", self.max_frame_bytes, "at least 1024"));
+        }
+        Ok(())
+    }
+
+    /// The `wss://` Stream URL for the TwiML: PUBLIC_URL's host, `/twilio/media`.
+    pub fn stream_url(&self) -> String {
+        let rest = self
+            .public_url
+            .split_once("://")
+            .map_or(self.public_url.as_str(), |(_, r)| r);
+        format!("wss://{rest}/twilio/media")
+    }
+
+    /// The turn detection to configure (None = manual turns).
+    pub fn turn_detection(&self) -> Option<TurnDetection> {
+        match self.turn_detection.as_str() {
+            "server_vad" => Some(TurnDetection::ServerVad {
+                threshold: self.vad_threshold,
+                prefix_padding_ms: self.vad_prefix_padding_ms,
+                silence_duration_ms: self.vad_silence_duration_ms,
+                idle_timeout_ms: None,
+                create_response: true,
+                interrupt_response: self.interrupt_response,
+            }),
+            "semantic_vad" => Some(TurnDetection::SemanticVad {
+                eagerness: self.vad_eagerness.clone(),
+                create_response: true,
+                interrupt_response: self.interrupt_response,
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn transcription(&self) -> Option<Transcription> {
+        (self.transcription_model != "none" && !self.transcription_model.is_empty()).then(|| {
+            Transcription {
+                model: self.transcription_model.clone(),
+                language: self.transcription_language.clone(),
+            }
+        })
+    }
+
+    pub fn noise_reduction(&self) -> Option<NoiseReduction> {
+        (self.noise_reduction != "none").then(|| NoiseReduction {
+            kind: self.noise_reduction.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)], file: Option<&str>) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let dir = std::env::temp_dir().join(format!("vbcfg-{}", uuid::Uuid::new_v4()));
+        let path = file.map(|text| {
+            std::fs::create_dir_all(&dir).expect("dir");
+            let p = dir.join("voxbridge.toml");
+            std::fs::write(&p, text).expect("write");
+            p
+        });
+        Config::from_sources(path.as_deref(), |k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = load(&[], None).expect("config");
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.public_url, "http://localhost:8080");
+        assert_eq!(c.openai_model, "gpt-realtime-2.1");
+        assert_eq!(c.openai_realtime_url, "wss://api.openai.com/v1/realtime");
+        assert_eq!(c.stream_url(), "wss://localhost:8080/twilio/media");
+        assert!(matches!(c.turn_detection(), Some(TurnDetection::ServerVad { .. })));
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let c = load(
+            &[("PUBLIC_URL", "https://voice.example.com/"), ("VOICE", "cedar")],
+            Some("voice = \"ash\"\nport = 9000\nturn_detection = \"semantic_vad\"\n"),
+        )
+        .expect("config");
+        assert_eq!(c.voice, "cedar");
+        assert_eq!(c.port, 9000);
+        assert_eq!(c.stream_url(), "wss://voice.example.com/twilio/media");
+        assert!(matches!(c.turn_detection(), Some(TurnDetection::SemanticVad { .. })));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        for (vars, name) in [
+            (vec![("PORT", "eighty")], "PORT"),
+            (vec![("VOICE", "nova")], "VOICE"),
+            (vec![("PUBLIC_URL", "ftp://x")], "PUBLIC_URL"),
+            (vec![("PUBLIC_URL", "https://x/?a=1")], "PUBLIC_URL"),
+            (vec![("VAD_THRESHOLD", "2")], "VAD_THRESHOLD"),
+            (vec![("AGENT_SPEAKS_FIRST", "maybe")], "AGENT_SPEAKS_FIRST"),
+            (vec![("OPENAI_REALTIME_URL", "https://api.openai.com")], "OPENAI_REALTIME_URL"),
+            (vec![("TURN_DETECTION", "vad")], "TURN_DETECTION"),
+        ] {
+            let err = load(&vars, None).expect_err("must fail").to_string();
+            assert!(err.starts_with(name), "{err}");
+        }
+        let err = load(&[], Some("colour = 1\n")).expect_err("unknown key").to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+}

@@ -1,0 +1,1 @@
+//! Offline demo (being written).

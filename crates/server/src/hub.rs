@@ -1,0 +1,96 @@
+//! In-process event hub: every call publishes what happens on it here
+//! (status, transcripts, DTMF, barge-ins, timings, the end). The CLI's demo
+//! prints from it; later the store persists it and `/v1/events` streams it.
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// One thing that happened on a call.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CallEvent {
+    pub call_id: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub kind: CallEventKind,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CallEventKind {
+    /// The voice webhook was answered (TwiML returned).
+    Answered { from: String, to: String },
+    /// The model socket is open and its session confirmed µ-law.
+    ModelReady { model: String, connect_ms: u64 },
+    /// Twilio's `start` arrived on the media socket.
+    StreamStarted { stream_sid: String, call_sid: String },
+    /// A final transcript line.
+    Transcript { speaker: Speaker, text: String },
+    /// The caller pressed a key.
+    Dtmf { digit: String },
+    /// The caller interrupted the agent.
+    BargeIn {
+        truncated_ms: Option<u64>,
+        dropped_ms: u64,
+    },
+    /// Latency of one turn as the caller feels it.
+    Turn {
+        /// Caller stopped speaking -> first agent audio from the model.
+        model_ms: u64,
+        /// Caller stopped speaking -> Twilio confirmed the first audio played.
+        heard_ms: Option<u64>,
+    },
+    /// Token usage of one response.
+    Usage {
+        input_tokens: u64,
+        output_tokens: u64,
+        cached_tokens: u64,
+    },
+    /// A problem worth showing (model error event, rejected truncate…).
+    Warning { message: String },
+    /// The call is over.
+    Ended { reason: String },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Speaker {
+    Caller,
+    Agent,
+}
+
+/// Cheap to clone; publishing never blocks (slow subscribers lag and skip).
+#[derive(Debug, Clone)]
+pub struct EventHub {
+    tx: broadcast::Sender<CallEvent>,
+}
+
+impl Default for EventHub {
+    fn default() -> Self {
+        Self::new(1024)
+    }
+}
+
+impl EventHub {
+    pub fn new(capacity: usize) -> Self {
+        EventHub {
+            tx: broadcast::channel(capacity).0,
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
+        self.tx.subscribe()
+    }
+
+    pub fn publish(&self, call_id: &str, kind: CallEventKind) {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        // No subscribers is fine.
+        let _ = self.tx.send(CallEvent {
+            call_id: call_id.to_owned(),
+            at_ms,
+            kind,
+        });
+    }
+}

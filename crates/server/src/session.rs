@@ -1,0 +1,740 @@
+//! CallSession: one task per call, owning the Twilio media socket and the
+//! model socket. No state is shared with other calls.
+//!
+//! The session starts once Twilio's `start` has arrived (see
+//! [`crate::app`]); the model socket may still be opening at that point
+//! (it was pre-connected when the voice webhook was answered), so caller
+//! audio that arrives first is kept in a bounded buffer.
+//!
+//! Audio is relayed without decoding: a Twilio `media.payload` becomes the
+//! `audio` of an `input_audio_buffer.append` as is, and model deltas are
+//! only base64-decoded to be cut into 20 ms frames by [`Playback`].
+
+use crate::hub::{CallEventKind, EventHub, Speaker};
+use crate::playback::{Note, Outbox, PacerConfig, Playback};
+use crate::ws::{CLOSE_ERROR, CLOSE_NORMAL, CLOSE_TOO_BIG, Link, WsIn, WsOut};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use voxbridge_audio::{BYTES_PER_MS, FRAME_BYTES, MULAW_SILENCE};
+use voxbridge_realtime::client::{ClientEvent, Item, ResponseParams, write_append};
+use voxbridge_realtime::server::{self as rt, ServerEvent};
+use voxbridge_realtime::session::{SessionConfig, TurnDetection};
+use voxbridge_twilio::media::{self, Inbound, Start};
+
+/// Longest gap in the caller's timestamps filled with silence.
+pub const MAX_GAP_FILL_MS: u64 = 10_000;
+/// Time allowed to close the model socket politely at the end of a call.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+/// Bad frames logged per call at warn level (the rest at debug).
+const WARN_LIMIT: u64 = 5;
+
+/// What one call needs to know, fixed when the call is answered.
+#[derive(Debug, Clone)]
+pub struct CallSettings {
+    /// The session to configure (formats are always µ-law).
+    pub session: SessionConfig,
+    /// Turn detection as configured, restored after a protected greeting.
+    pub turn_detection: Option<TurnDetection>,
+    /// Instructions for the agent's first words; `None`: the caller speaks first.
+    pub greeting: Option<String>,
+    /// The greeting is a disclosure that barge-in must not cut.
+    pub greeting_protected: bool,
+    pub pacer: PacerConfig,
+    /// Caller audio kept while the model socket opens.
+    pub input_buffer_ms: u64,
+}
+
+impl CallSettings {
+    /// The session for the first `session.update`: while a protected
+    /// greeting plays, the server must not cancel it on its own either.
+    pub fn initial_session(&self) -> SessionConfig {
+        let mut s = self.session.clone();
+        if self.greeting.is_some() && self.greeting_protected {
+            s.audio.input.turn_detection = self
+                .turn_detection
+                .as_ref()
+                .map(|t| t.with_interrupt_response(false));
+        }
+        s
+    }
+
+    /// The `session.update` event for `session`.
+    pub fn session_update(session: SessionConfig) -> String {
+        ClientEvent::SessionUpdate {
+            session: Box::new(session),
+        }
+        .to_json()
+    }
+}
+
+/// The model side once connected.
+pub struct ModelLink {
+    pub link: Link,
+    /// The opener already sent the initial `session.update`.
+    pub session_update_sent: bool,
+}
+
+/// Opens (or has opened) the model socket.
+pub type ModelFuture = Pin<Box<dyn Future<Output = Result<ModelLink, String>> + Send>>;
+
+/// Why a call ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndReason {
+    /// Twilio sent `stop`.
+    TwilioStop,
+    /// The Twilio socket closed or failed.
+    TwilioClosed(String),
+    /// A message from Twilio was larger than allowed.
+    TwilioFrameTooBig,
+    /// The model socket closed or failed.
+    ModelClosed(String),
+    /// The model socket could not be opened.
+    ModelConnectFailed(String),
+    /// The session did not confirm µ-law both ways.
+    FormatMismatch(String),
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndReason::TwilioStop => write!(f, "twilio_stop"),
+            EndReason::TwilioClosed(why) => write!(f, "twilio_closed: {why}"),
+            EndReason::TwilioFrameTooBig => write!(f, "twilio_frame_too_big"),
+            EndReason::ModelClosed(why) => write!(f, "model_closed: {why}"),
+            EndReason::ModelConnectFailed(why) => write!(f, "model_connect_failed: {why}"),
+            EndReason::FormatMismatch(why) => write!(f, "audio_format_mismatch: {why}"),
+        }
+    }
+}
+
+/// Latency of one caller turn.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TurnTiming {
+    /// Caller stopped speaking -> first agent audio from the model (ms).
+    pub model_ms: Option<u64>,
+    /// Caller stopped speaking -> Twilio confirmed the first audio played (ms).
+    pub heard_ms: Option<u64>,
+}
+
+/// What happened on the call, returned when it ends.
+#[derive(Debug, Clone, Default)]
+pub struct CallSummary {
+    pub end_reason: Option<EndReason>,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bad_frames: u64,
+    pub silence_filled_ms: u64,
+    pub dropped_input_frames: u64,
+    pub barge_ins: u64,
+    pub barge_ins_ignored: u64,
+    pub dtmf: Vec<String>,
+    pub turns: Vec<TurnTiming>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub model_errors: Vec<String>,
+}
+
+enum Wake {
+    Twilio(Option<WsIn>),
+    ModelReady(Result<ModelLink, String>),
+    Model(Option<WsIn>),
+    Pace,
+}
+
+struct Session {
+    call_id: String,
+    stream_sid: String,
+    settings: Arc<CallSettings>,
+    hub: EventHub,
+    playback: Playback,
+    model: Option<Link>,
+    /// Client events waiting for the model socket (bounded).
+    pre_model: VecDeque<String>,
+    pre_model_cap: usize,
+    /// Next expected caller timestamp (ms), for gap filling.
+    expected_ts: Option<u64>,
+    /// The effective session has `interrupt_response: true`.
+    server_interrupts: bool,
+    session_confirmed: bool,
+    greeting_requested: bool,
+    protect_next_response: bool,
+    /// When the caller last stopped speaking.
+    speech_stopped_at: Option<Instant>,
+    /// Turn start per response id, until its first audio is heard.
+    turn_of_response: HashMap<String, (Instant, usize)>,
+    /// Responses whose first delta has been seen.
+    first_delta_seen: Vec<String>,
+    summary: CallSummary,
+    out: Outbox,
+    scratch: Vec<u8>,
+}
+
+/// Run a call until either side ends it.
+#[tracing::instrument(name = "call", skip_all, fields(call_id = %call_id, stream_sid = %start.stream_sid))]
+pub async fn run(
+    call_id: String,
+    start: Start,
+    mut twilio: Link,
+    model: ModelFuture,
+    settings: Arc<CallSettings>,
+    hub: EventHub,
+) -> CallSummary {
+    let mut playback = Playback::new(settings.pacer);
+    playback.start(&start.stream_sid);
+    let pre_model_cap = (settings.input_buffer_ms / voxbridge_audio::FRAME_MS).max(1) as usize;
+    let server_interrupts = settings
+        .initial_session()
+        .audio
+        .input
+        .turn_detection
+        .as_ref()
+        .is_some_and(TurnDetection::interrupt_response);
+    let mut s = Session {
+        call_id: call_id.clone(),
+        stream_sid: start.stream_sid.clone(),
+        settings,
+        hub,
+        playback,
+        model: None,
+        pre_model: VecDeque::new(),
+        pre_model_cap,
+        expected_ts: None,
+        server_interrupts,
+        session_confirmed: false,
+        greeting_requested: false,
+        protect_next_response: false,
+        speech_stopped_at: None,
+        turn_of_response: HashMap::new(),
+        first_delta_seen: Vec::new(),
+        summary: CallSummary::default(),
+        out: Outbox::default(),
+        scratch: Vec::with_capacity(1024),
+    };
+    s.hub.publish(
+        &call_id,
+        CallEventKind::StreamStarted {
+            stream_sid: start.stream_sid.clone(),
+            call_sid: start.call_sid.clone(),
+        },
+    );
+    let mut pending: Option<ModelFuture> = Some(model);
+    let reason = loop {
+        let deadline = s.playback.next_deadline();
+        let wake = tokio::select! {
+            m = twilio.rx.next() => Wake::Twilio(m),
+            r = async { match pending.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if pending.is_some() => Wake::ModelReady(r),
+            m = async { match s.model.as_mut() { Some(l) => l.rx.next().await, None => std::future::pending().await } }, if s.model.is_some() => Wake::Model(m),
+            () = sleep_until_opt(deadline), if deadline.is_some() => Wake::Pace,
+        };
+        let step = match wake {
+            Wake::Twilio(m) => s.on_twilio(m),
+            Wake::ModelReady(r) => {
+                pending = None;
+                s.on_model_ready(r)
+            }
+            Wake::Model(m) => s.on_model(m),
+            Wake::Pace => {
+                let mut out = std::mem::take(&mut s.out);
+                s.playback.pump(Instant::now(), &mut out);
+                s.out = out;
+                Ok(())
+            }
+        };
+        // Audio due now goes out with whatever this step produced.
+        if !s.out.twilio.is_empty() || s.playback.next_deadline().is_some() {
+            let mut out = std::mem::take(&mut s.out);
+            s.playback.pump(Instant::now(), &mut out);
+            s.out = out;
+        }
+        s.handle_notes();
+        if let Err(e) = s.flush(&mut twilio).await {
+            break e;
+        }
+        if let Err(reason) = step {
+            break reason;
+        }
+    };
+    s.finish(reason, twilio).await
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    fn on_twilio(&mut self, msg: Option<WsIn>) -> Result<(), EndReason> {
+        let text = match msg {
+            None => return Err(EndReason::TwilioClosed("socket ended".into())),
+            Some(WsIn::Close(c)) => {
+                return Err(EndReason::TwilioClosed(match c {
+                    Some((code, reason)) => format!("close {code} {reason}"),
+                    None => "close".into(),
+                }));
+            }
+            Some(WsIn::Error(e)) => {
+                if e.contains("too long") || e.contains("too big") || e.contains("Space limit") {
+                    return Err(EndReason::TwilioFrameTooBig);
+                }
+                return Err(EndReason::TwilioClosed(e));
+            }
+            Some(WsIn::Binary(len)) => {
+                self.bad_frame(format_args!("binary frame of {len} bytes ignored"));
+                return Ok(());
+            }
+            Some(WsIn::Text(t)) => t,
+        };
+        let parsed = media::parse(text.as_str());
+        match parsed {
+            Ok(Inbound::Media(m)) => {
+                if m.track != "inbound" {
+                    return Ok(());
+                }
+                self.on_caller_audio(m.timestamp_ms, &m.payload);
+            }
+            Ok(Inbound::Mark { name }) => {
+                let mut out = std::mem::take(&mut self.out);
+                self.playback.mark_echo(&name, &mut out);
+                self.out = out;
+            }
+            Ok(Inbound::Dtmf { digit }) => self.on_dtmf(digit),
+            Ok(Inbound::Stop) => return Err(EndReason::TwilioStop),
+            Ok(Inbound::Connected) => {}
+            Ok(Inbound::Start(_)) => self.bad_frame(format_args!("second start ignored")),
+            Ok(Inbound::Unknown { event }) => debug!(%event, "unknown Twilio event"),
+            Err(e) => self.bad_frame(format_args!("unparseable Twilio frame: {e}")),
+        }
+        Ok(())
+    }
+
+    fn bad_frame(&mut self, what: std::fmt::Arguments<'_>) {
+        self.summary.bad_frames += 1;
+        if self.summary.bad_frames <= WARN_LIMIT {
+            warn!("{what}");
+        } else {
+            debug!("{what}");
+        }
+    }
+
+    /// Forward 20 ms of caller audio, after silence for any gap before it.
+    fn on_caller_audio(&mut self, timestamp_ms: u64, payload: &str) {
+        // Check the base64 without keeping the audio: the model rejects bad
+        // base64 with an error event, and we need the length for gap filling.
+        self.scratch.clear();
+        if B64.decode_vec(payload, &mut self.scratch).is_err() || self.scratch.is_empty() {
+            self.bad_frame(format_args!("media with invalid base64 payload dropped"));
+            return;
+        }
+        let ms = (self.scratch.len() / BYTES_PER_MS) as u64;
+        if let Some(expected) = self.expected_ts
+            && timestamp_ms > expected
+        {
+            let gap = (timestamp_ms - expected).min(MAX_GAP_FILL_MS);
+            self.fill_silence(gap);
+        }
+        self.expected_ts = Some(timestamp_ms.max(self.expected_ts.unwrap_or(0)) + ms);
+        let mut msg = String::with_capacity(payload.len() + 48);
+        write_append(&mut msg, payload);
+        self.summary.frames_in += 1;
+        self.to_model_audio(msg);
+    }
+
+    fn fill_silence(&mut self, ms: u64) {
+        self.summary.silence_filled_ms += ms;
+        let silence = vec![MULAW_SILENCE; FRAME_BYTES * 50];
+        let mut left = ms as usize * BYTES_PER_MS;
+        while left > 0 {
+            let n = left.min(silence.len());
+            let mut msg = String::with_capacity(n * 4 / 3 + 64);
+            write_append(&mut msg, &B64.encode(&silence[..n]));
+            self.to_model_audio(msg);
+            left -= n;
+        }
+    }
+
+    fn to_model_audio(&mut self, msg: String) {
+        self.out.model.push(msg);
+    }
+
+    fn on_dtmf(&mut self, digit: String) {
+        info!(%digit, "caller pressed a key");
+        self.hub.publish(
+            &self.call_id,
+            CallEventKind::Dtmf {
+                digit: digit.clone(),
+            },
+        );
+        self.out.model.push(
+            ClientEvent::ConversationItemCreate {
+                item: Item::user_text(format!("[caller pressed {digit}]")),
+            }
+            .to_json(),
+        );
+        if self.playback.active_response().is_none() {
+            self.out
+                .model
+                .push(ClientEvent::ResponseCreate { response: None }.to_json());
+        }
+        self.summary.dtmf.push(digit);
+    }
+
+    fn on_model_ready(&mut self, r: Result<ModelLink, String>) -> Result<(), EndReason> {
+        let link = r.map_err(EndReason::ModelConnectFailed)?;
+        if !link.session_update_sent {
+            self.pre_model.push_front(CallSettings::session_update(
+                self.settings.initial_session(),
+            ));
+        }
+        self.model = Some(link.link);
+        Ok(())
+    }
+
+    fn on_model(&mut self, msg: Option<WsIn>) -> Result<(), EndReason> {
+        let text = match msg {
+            None => return Err(EndReason::ModelClosed("socket ended".into())),
+            Some(WsIn::Close(c)) => {
+                return Err(EndReason::ModelClosed(match c {
+                    Some((code, reason)) => format!("close {code} {reason}"),
+                    None => "close".into(),
+                }));
+            }
+            Some(WsIn::Error(e)) => return Err(EndReason::ModelClosed(e)),
+            Some(WsIn::Binary(len)) => {
+                warn!(len, "binary frame from the model ignored");
+                return Ok(());
+            }
+            Some(WsIn::Text(t)) => t,
+        };
+        let event = match rt::parse(text.as_str()) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, "unparseable model event ignored");
+                return Ok(());
+            }
+        };
+        match event {
+            ServerEvent::AudioDelta {
+                response_id,
+                item_id,
+                content_index,
+                delta,
+            } => {
+                if self
+                    .playback
+                    .audio_delta(&response_id, &item_id, content_index, &delta)
+                    && !self.first_delta_seen.iter().any(|r| **r == *response_id)
+                {
+                    self.first_delta_seen.push(response_id.to_string());
+                    if self.first_delta_seen.len() > 16 {
+                        self.first_delta_seen.remove(0);
+                    }
+                    if let Some((t0, idx)) = self.turn_of_response.get(response_id.as_ref()) {
+                        let ms = t0.elapsed().as_millis() as u64;
+                        if let Some(t) = self.summary.turns.get_mut(*idx) {
+                            t.model_ms = Some(ms);
+                        }
+                    }
+                }
+            }
+            ServerEvent::AudioDone {
+                response_id,
+                item_id,
+                ..
+            } => self.playback.audio_done(&response_id, &item_id),
+            ServerEvent::SessionCreated(_) => {}
+            ServerEvent::SessionUpdated(info) => {
+                let pcmu_in = info.input_format.as_ref().is_some_and(|f| f.is_pcmu());
+                let pcmu_out = info.output_format.as_ref().is_some_and(|f| f.is_pcmu());
+                if !pcmu_in || !pcmu_out {
+                    let why = format!(
+                        "session.updated reports input {:?}, output {:?}; Twilio needs audio/pcmu",
+                        info.input_format.map(|f| f.kind),
+                        info.output_format.map(|f| f.kind)
+                    );
+                    return Err(EndReason::FormatMismatch(why));
+                }
+                self.server_interrupts =
+                    info.turn_detection.is_some() && info.interrupt_response;
+                if !self.session_confirmed {
+                    self.session_confirmed = true;
+                    self.greet();
+                }
+            }
+            ServerEvent::SpeechStarted { .. } => {
+                if self.playback.is_playing() || self.playback.active_response().is_some() {
+                    let mut out = std::mem::take(&mut self.out);
+                    self.playback.barge_in(!self.server_interrupts, &mut out);
+                    self.out = out;
+                }
+            }
+            ServerEvent::SpeechStopped { .. } => self.speech_stopped_at = Some(Instant::now()),
+            ServerEvent::ResponseCreated { response_id } => {
+                if self.protect_next_response {
+                    self.protect_next_response = false;
+                    self.playback.protect_response(&response_id);
+                }
+                self.playback.response_created(&response_id);
+                if let Some(t0) = self.speech_stopped_at.take() {
+                    self.summary.turns.push(TurnTiming::default());
+                    self.turn_of_response
+                        .insert(response_id, (t0, self.summary.turns.len() - 1));
+                }
+            }
+            ServerEvent::ResponseDone {
+                response_id,
+                status,
+                usage,
+            } => {
+                debug!(%response_id, %status, "response done");
+                self.playback.response_done(&response_id);
+                if let Some(u) = usage {
+                    let cached = u.input_token_details.as_ref().map_or(0, |d| d.cached_tokens);
+                    self.summary.input_tokens += u.input_tokens;
+                    self.summary.output_tokens += u.output_tokens;
+                    self.summary.cached_tokens += cached;
+                    self.hub.publish(
+                        &self.call_id,
+                        CallEventKind::Usage {
+                            input_tokens: u.input_tokens,
+                            output_tokens: u.output_tokens,
+                            cached_tokens: cached,
+                        },
+                    );
+                }
+            }
+            ServerEvent::AudioTranscriptDone { transcript, .. } => {
+                self.hub.publish(
+                    &self.call_id,
+                    CallEventKind::Transcript {
+                        speaker: Speaker::Agent,
+                        text: transcript,
+                    },
+                );
+            }
+            ServerEvent::InputTranscriptionCompleted { transcript, .. } => {
+                self.hub.publish(
+                    &self.call_id,
+                    CallEventKind::Transcript {
+                        speaker: Speaker::Caller,
+                        text: transcript,
+                    },
+                );
+            }
+            ServerEvent::InputTranscriptionFailed { message, .. } => {
+                debug!(%message, "caller transcription failed");
+            }
+            ServerEvent::DtmfReceived { digit } => self.on_dtmf(digit),
+            ServerEvent::Error(e) => {
+                warn!(code = ?e.code, message = %e.message, "model error event");
+                let message = format!(
+                    "model error {}: {}",
+                    e.code.as_deref().unwrap_or(&e.kind),
+                    e.message
+                );
+                self.summary.model_errors.push(message.clone());
+                self.hub
+                    .publish(&self.call_id, CallEventKind::Warning { message });
+            }
+            ServerEvent::InputCommitted { .. }
+            | ServerEvent::OutputItemDone { .. }
+            | ServerEvent::ItemTruncated { .. } => {}
+            ServerEvent::Other { kind } => debug!(%kind, "model event not used"),
+        }
+        Ok(())
+    }
+
+    /// The agent speaks first, once the session is confirmed.
+    fn greet(&mut self) {
+        if self.greeting_requested {
+            return;
+        }
+        if let Some(greeting) = &self.settings.greeting {
+            self.greeting_requested = true;
+            self.protect_next_response = self.settings.greeting_protected;
+            self.out.model.push(
+                ClientEvent::ResponseCreate {
+                    response: Some(ResponseParams {
+                        instructions: Some(greeting.clone()),
+                    }),
+                }
+                .to_json(),
+            );
+        }
+    }
+
+    fn handle_notes(&mut self) {
+        for note in std::mem::take(&mut self.out.notes) {
+            match note {
+                Note::FirstAudioPlayed { response_id } => {
+                    if let Some((t0, idx)) = self.turn_of_response.remove(&response_id) {
+                        let heard = t0.elapsed().as_millis() as u64;
+                        if let Some(t) = self.summary.turns.get_mut(idx) {
+                            t.heard_ms = Some(heard);
+                            info!(model_ms = ?t.model_ms, heard_ms = heard, "turn latency");
+                            self.hub.publish(
+                                &self.call_id,
+                                CallEventKind::Turn {
+                                    model_ms: t.model_ms.unwrap_or(0),
+                                    heard_ms: Some(heard),
+                                },
+                            );
+                        }
+                    }
+                }
+                Note::ProtectedPlayed { response_id } => {
+                    debug!(%response_id, "protected greeting played whole");
+                    // Restore the configured interruption behaviour.
+                    let configured = self
+                        .settings
+                        .turn_detection
+                        .as_ref()
+                        .is_some_and(TurnDetection::interrupt_response);
+                    if configured {
+                        self.out
+                            .model
+                            .push(CallSettings::session_update(self.settings.session.clone()));
+                    }
+                }
+                Note::BargeIn {
+                    response_id,
+                    truncated,
+                    cancelled,
+                    dropped_ms,
+                } => {
+                    self.summary.barge_ins += 1;
+                    if let Some(r) = &response_id {
+                        self.turn_of_response.remove(r);
+                    }
+                    info!(?response_id, ?truncated, cancelled, dropped_ms, "barge-in");
+                    self.hub.publish(
+                        &self.call_id,
+                        CallEventKind::BargeIn {
+                            truncated_ms: truncated.first().map(|t| t.1),
+                            dropped_ms,
+                        },
+                    );
+                }
+                Note::BargeInIgnored { response_id } => {
+                    self.summary.barge_ins_ignored += 1;
+                    debug!(%response_id, "caller spoke over the protected greeting");
+                }
+                Note::UnknownMark { name } => debug!(%name, "unknown mark echo"),
+            }
+        }
+    }
+
+    /// Write what this step produced: Twilio frames in one flush, model
+    /// events in one flush (or into the bounded buffer while connecting).
+    async fn flush(&mut self, twilio: &mut Link) -> Result<(), EndReason> {
+        if !self.out.twilio.is_empty() {
+            for msg in self.out.twilio.drain(..) {
+                if msg.starts_with(r#"{"event":"media""#) {
+                    self.summary.frames_out += 1;
+                }
+                twilio
+                    .tx
+                    .feed(WsOut::Text(msg))
+                    .await
+                    .map_err(|e| EndReason::TwilioClosed(e.to_string()))?;
+            }
+            twilio
+                .tx
+                .flush()
+                .await
+                .map_err(|e| EndReason::TwilioClosed(e.to_string()))?;
+        }
+        if self.out.model.is_empty() && (self.model.is_none() || self.pre_model.is_empty()) {
+            return Ok(());
+        }
+        match self.model.as_mut() {
+            None => {
+                for msg in self.out.model.drain(..) {
+                    if self.pre_model.len() >= self.pre_model_cap {
+                        self.pre_model.pop_front();
+                        self.summary.dropped_input_frames += 1;
+                    }
+                    self.pre_model.push_back(msg);
+                }
+            }
+            Some(model) => {
+                let backlog = std::mem::take(&mut self.pre_model);
+                for msg in backlog.into_iter().chain(self.out.model.drain(..)) {
+                    model
+                        .tx
+                        .feed(WsOut::Text(msg))
+                        .await
+                        .map_err(|e| EndReason::ModelClosed(e.to_string()))?;
+                }
+                model
+                    .tx
+                    .flush()
+                    .await
+                    .map_err(|e| EndReason::ModelClosed(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Close both sockets and report.
+    async fn finish(mut self, reason: EndReason, mut twilio: Link) -> CallSummary {
+        match &reason {
+            EndReason::TwilioStop | EndReason::TwilioClosed(_) => {
+                info!(%reason, "call ended by Twilio");
+            }
+            other => warn!(reason = %other, "call ended"),
+        }
+        // Close the model socket promptly (well within 1 s): a polite close
+        // frame, then drop it whatever the peer does.
+        if let Some(mut model) = self.model.take() {
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                let _ = model
+                    .tx
+                    .send(WsOut::Close(CLOSE_NORMAL, "call ended".into()))
+                    .await;
+            })
+            .await;
+        }
+        // If the model side ended the call, end the Twilio stream too: the
+        // TwiML then continues (and hangs up).
+        let twilio_close = match &reason {
+            EndReason::TwilioStop | EndReason::TwilioClosed(_) => None,
+            EndReason::TwilioFrameTooBig => Some((CLOSE_TOO_BIG, "frame too big".to_owned())),
+            EndReason::ModelClosed(_) => Some((CLOSE_NORMAL, "model disconnected".to_owned())),
+            EndReason::ModelConnectFailed(_) | EndReason::FormatMismatch(_) => {
+                Some((CLOSE_ERROR, truncate_reason(&reason.to_string())))
+            }
+        };
+        if let Some((code, why)) = twilio_close {
+            let _ = tokio::time::timeout(CLOSE_GRACE, twilio.tx.send(WsOut::Close(code, why))).await;
+        }
+        self.hub.publish(
+            &self.call_id,
+            CallEventKind::Ended {
+                reason: reason.to_string(),
+            },
+        );
+        let _ = &self.stream_sid;
+        self.summary.end_reason = Some(reason);
+        self.summary
+    }
+}
+
+/// WebSocket close reasons are limited to 123 bytes.
+fn truncate_reason(s: &str) -> String {
+    let mut end = s.len().min(120);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}

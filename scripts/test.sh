@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The one test command: Rust build + tests, conformance checks against vendor SDKs
+# (official `twilio` and `openai` Python packages), lints, and bench compilation.
+# Run from anywhere; needs cargo (with clippy + rustfmt) and python3 with venv support.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$PWD"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+CONF_DIR="$ROOT/target/conformance"
+
+step() {
+    printf '\n==== %s ====\n' "$*"
+}
+
+step "1/7 Python venv with the conformance oracles (conformance/requirements.txt)"
+if [[ ! -x "$PY" ]] || ! "$PY" -m pip --version >/dev/null 2>&1; then
+    # missing, or left half-made by a python3 without ensurepip: (re)create it
+    python3 -m venv --clear "$VENV"
+fi
+"$PY" -m pip install --quiet --disable-pip-version-check -r conformance/requirements.txt
+"$PY" -c 'import twilio, openai, pydantic; print("twilio", twilio.__version__, "| openai", openai.__version__, "| pydantic", pydantic.VERSION)'
+
+step "2/7 cargo build --workspace --all-targets"
+cargo build --workspace --all-targets
+
+step "3/7 cargo test --workspace (captures Realtime client events for step 5)"
+mkdir -p "$CONF_DIR"
+export VOXBRIDGE_CONFORMANCE_DIR="$CONF_DIR"
+# start from a clean capture so a stale file cannot satisfy step 5
+rm -f "$CONF_DIR/realtime_client_events.jsonl"
+cargo test --workspace
+
+step "4/7 Twilio signatures + TwiML vs the official twilio package"
+cargo run -q -p voxbridge-twilio --example conformance_vectors > "$CONF_DIR/twilio_vectors.json"
+"$PY" conformance/check_twilio.py "$CONF_DIR/twilio_vectors.json"
+
+step "5/7 OpenAI Realtime client events vs the openai SDK models (strict)"
+"$PY" conformance/check_realtime_events.py --self-test
+EVENTS="$CONF_DIR/realtime_client_events.jsonl"
+if [[ ! -f "$EVENTS" ]]; then
+    echo "FAIL: $EVENTS was not written by the end-to-end tests of step 3" >&2
+    exit 1
+fi
+"$PY" conformance/check_realtime_events.py "$EVENTS"
+
+step "6/7 cargo clippy -D warnings, cargo fmt --check"
+cargo clippy --workspace --all-targets -- -D warnings
+cargo fmt --all --check
+
+step "7/7 cargo bench --workspace --no-run"
+cargo bench --workspace --no-run
+
+step "all checks passed"
