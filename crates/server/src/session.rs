@@ -143,6 +143,64 @@ pub struct CallSummary {
     pub model_errors: Vec<String>,
 }
 
+/// A media payload that is not valid base64 (or is empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadPayload;
+
+/// The uplink hot path: Twilio `media` payloads become
+/// `input_audio_buffer.append` events without decoding the audio; gaps in
+/// the caller's timestamps are filled with µ-law silence (bounded).
+#[derive(Debug, Default)]
+pub struct Uplink {
+    /// Next expected caller timestamp (ms).
+    expected_ts: Option<u64>,
+    /// Scratch buffer for the base64 check.
+    scratch: Vec<u8>,
+    /// Silence inserted so far (ms).
+    pub silence_filled_ms: u64,
+}
+
+impl Uplink {
+    /// Turn one media payload into append events pushed onto `out`.
+    pub fn on_media(
+        &mut self,
+        timestamp_ms: u64,
+        payload: &str,
+        out: &mut Vec<String>,
+    ) -> Result<(), BadPayload> {
+        // Check the base64 without keeping the audio: the model rejects bad
+        // base64 with an error event, and the length is needed for gaps.
+        self.scratch.clear();
+        if B64.decode_vec(payload, &mut self.scratch).is_err() || self.scratch.is_empty() {
+            return Err(BadPayload);
+        }
+        let ms = (self.scratch.len() / BYTES_PER_MS) as u64;
+        if let Some(expected) = self.expected_ts
+            && timestamp_ms > expected
+        {
+            self.fill_silence((timestamp_ms - expected).min(MAX_GAP_FILL_MS), out);
+        }
+        self.expected_ts = Some(timestamp_ms.max(self.expected_ts.unwrap_or(0)) + ms);
+        let mut msg = String::with_capacity(payload.len() + 48);
+        write_append(&mut msg, payload);
+        out.push(msg);
+        Ok(())
+    }
+
+    fn fill_silence(&mut self, ms: u64, out: &mut Vec<String>) {
+        self.silence_filled_ms += ms;
+        let silence = [MULAW_SILENCE; FRAME_BYTES * 50];
+        let mut left = ms as usize * BYTES_PER_MS;
+        while left > 0 {
+            let n = left.min(silence.len());
+            let mut msg = String::with_capacity(n * 4 / 3 + 64);
+            write_append(&mut msg, &B64.encode(&silence[..n]));
+            out.push(msg);
+            left -= n;
+        }
+    }
+}
+
 enum Wake {
     Twilio(Option<WsIn>),
     ModelReady(Result<ModelLink, String>),
@@ -160,8 +218,8 @@ struct Session {
     /// Client events waiting for the model socket (bounded).
     pre_model: VecDeque<String>,
     pre_model_cap: usize,
-    /// Next expected caller timestamp (ms), for gap filling.
-    expected_ts: Option<u64>,
+    /// Caller audio -> model appends, with gap filling.
+    uplink: Uplink,
     /// The effective session has `interrupt_response: true`.
     server_interrupts: bool,
     session_confirmed: bool,
@@ -175,7 +233,6 @@ struct Session {
     first_delta_seen: Vec<String>,
     summary: CallSummary,
     out: Outbox,
-    scratch: Vec<u8>,
 }
 
 /// Run a call until either side ends it.
@@ -207,7 +264,7 @@ pub async fn run(
         model: None,
         pre_model: VecDeque::new(),
         pre_model_cap,
-        expected_ts: None,
+        uplink: Uplink::default(),
         server_interrupts,
         session_confirmed: false,
         greeting_requested: false,
@@ -217,7 +274,6 @@ pub async fn run(
         first_delta_seen: Vec::new(),
         summary: CallSummary::default(),
         out: Outbox::default(),
-        scratch: Vec::with_capacity(1024),
     };
     s.hub.publish(
         &call_id,
@@ -329,42 +385,12 @@ impl Session {
 
     /// Forward 20 ms of caller audio, after silence for any gap before it.
     fn on_caller_audio(&mut self, timestamp_ms: u64, payload: &str) {
-        // Check the base64 without keeping the audio: the model rejects bad
-        // base64 with an error event, and we need the length for gap filling.
-        self.scratch.clear();
-        if B64.decode_vec(payload, &mut self.scratch).is_err() || self.scratch.is_empty() {
-            self.bad_frame(format_args!("media with invalid base64 payload dropped"));
-            return;
+        match self.uplink.on_media(timestamp_ms, payload, &mut self.out.model) {
+            Ok(()) => self.summary.frames_in += 1,
+            Err(BadPayload) => {
+                self.bad_frame(format_args!("media with invalid base64 payload dropped"));
+            }
         }
-        let ms = (self.scratch.len() / BYTES_PER_MS) as u64;
-        if let Some(expected) = self.expected_ts
-            && timestamp_ms > expected
-        {
-            let gap = (timestamp_ms - expected).min(MAX_GAP_FILL_MS);
-            self.fill_silence(gap);
-        }
-        self.expected_ts = Some(timestamp_ms.max(self.expected_ts.unwrap_or(0)) + ms);
-        let mut msg = String::with_capacity(payload.len() + 48);
-        write_append(&mut msg, payload);
-        self.summary.frames_in += 1;
-        self.to_model_audio(msg);
-    }
-
-    fn fill_silence(&mut self, ms: u64) {
-        self.summary.silence_filled_ms += ms;
-        let silence = vec![MULAW_SILENCE; FRAME_BYTES * 50];
-        let mut left = ms as usize * BYTES_PER_MS;
-        while left > 0 {
-            let n = left.min(silence.len());
-            let mut msg = String::with_capacity(n * 4 / 3 + 64);
-            write_append(&mut msg, &B64.encode(&silence[..n]));
-            self.to_model_audio(msg);
-            left -= n;
-        }
-    }
-
-    fn to_model_audio(&mut self, msg: String) {
-        self.out.model.push(msg);
     }
 
     fn on_dtmf(&mut self, digit: String) {
@@ -718,6 +744,7 @@ impl Session {
         if let Some((code, why)) = twilio_close {
             let _ = tokio::time::timeout(CLOSE_GRACE, twilio.tx.send(WsOut::Close(code, why))).await;
         }
+        self.summary.silence_filled_ms = self.uplink.silence_filled_ms;
         self.hub.publish(
             &self.call_id,
             CallEventKind::Ended {

@@ -1,0 +1,6 @@
+//! End-to-end tests over real loopback sockets: the voxbridge server, the
+//! Realtime simulator as the model, the Twilio caller emulator as the phone.
+
+mod call;
+mod helpers;
+mod robustness;
