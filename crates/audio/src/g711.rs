@@ -50,7 +50,7 @@ pub fn alaw_encode(sample: i16) -> u8 {
         0x7F
     } else {
         let shift = if seg < 2 { 1 } else { seg };
-        ((seg << 4) | ((mag >> shift) & 0x0F)) as i32
+        (seg << 4) | ((mag >> shift) & 0x0F)
     };
     (aval ^ mask) as u8
 }

@@ -88,7 +88,10 @@ mod tests {
 
     #[test]
     fn pcm_wav_is_encoded_to_mulaw() {
-        let pcm: Vec<u8> = [0i16, 1000, -1000].iter().flat_map(|s| s.to_le_bytes()).collect();
+        let pcm: Vec<u8> = [0i16, 1000, -1000]
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect();
         let file = wav_bytes(WavFormat::Pcm16, 8000, &pcm);
         assert_eq!(wav_to_mulaw(&file), Some((8000, vec![0xFF, 0xCE, 0x4E])));
         assert_eq!(wav_to_mulaw(b"not a wav"), None);

@@ -50,7 +50,10 @@ pub enum Item {
         role: &'static str,
         content: Vec<ContentPart>,
     },
-    FunctionCallOutput { call_id: String, output: String },
+    FunctionCallOutput {
+        call_id: String,
+        output: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]

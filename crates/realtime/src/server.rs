@@ -426,7 +426,10 @@ mod tests {
         };
         assert_eq!(status, "completed");
         let u = usage.expect("usage");
-        assert_eq!((u.total_tokens, u.input_tokens, u.output_tokens), (1234, 1100, 134));
+        assert_eq!(
+            (u.total_tokens, u.input_tokens, u.output_tokens),
+            (1234, 1100, 134)
+        );
         assert_eq!(u.input_token_details.map(|d| d.cached_tokens), Some(640));
         let text = r#"{"type":"response.output_item.done","event_id":"e","response_id":"r","output_index":0,
           "item":{"id":"item_9","type":"function_call","status":"completed","name":"end_call","call_id":"call_1","arguments":"{}"}}"#;

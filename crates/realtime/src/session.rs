@@ -186,8 +186,14 @@ mod tests {
         );
         let v = serde_json::to_value(&s).expect("serialize");
         assert_eq!(v["type"], "realtime");
-        assert_eq!(v["audio"]["input"]["format"], serde_json::json!({"type":"audio/pcmu"}));
-        assert_eq!(v["audio"]["output"]["format"], serde_json::json!({"type":"audio/pcmu"}));
+        assert_eq!(
+            v["audio"]["input"]["format"],
+            serde_json::json!({"type":"audio/pcmu"})
+        );
+        assert_eq!(
+            v["audio"]["output"]["format"],
+            serde_json::json!({"type":"audio/pcmu"})
+        );
         assert_eq!(v["audio"]["input"]["turn_detection"]["type"], "server_vad");
         assert_eq!(v["audio"]["output"]["voice"], "marin");
         assert!(v["audio"]["input"].get("noise_reduction").is_none());

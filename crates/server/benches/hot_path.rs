@@ -91,7 +91,10 @@ fn bench_uplink(c: &mut Criterion) {
             i = (i + 1) % frames.len();
             match media::parse(black_box(text)) {
                 Ok(Inbound::Media(m)) if m.track == "inbound" => {
-                    if uplink.on_media(m.timestamp_ms, &m.payload, &mut out).is_err() {
+                    if uplink
+                        .on_media(m.timestamp_ms, &m.payload, &mut out)
+                        .is_err()
+                    {
                         panic!("bad payload");
                     }
                 }

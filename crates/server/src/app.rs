@@ -49,6 +49,9 @@ pub struct App {
     /// Model sockets opened while answering the voice webhook, waiting for
     /// their media socket, by call id.
     preconnected: Mutex<HashMap<String, oneshot::Receiver<Result<ModelLink, String>>>>,
+    /// Call ids whose media socket was accepted, with when: a call id is
+    /// claimed once (a replayed `start` is refused). Pruned after the token TTL.
+    claimed: Mutex<HashMap<String, std::time::Instant>>,
     /// Calls in progress on this node (pre-connected or streaming).
     active_calls: AtomicUsize,
 }
@@ -99,6 +102,7 @@ impl App {
             settings,
             stream_secret,
             preconnected: Mutex::new(HashMap::new()),
+            claimed: Mutex::new(HashMap::new()),
             active_calls: AtomicUsize::new(0),
         }))
     }
@@ -106,6 +110,25 @@ impl App {
     /// Calls in progress on this node.
     pub fn active_calls(&self) -> usize {
         self.active_calls.load(Ordering::Relaxed)
+    }
+
+    /// Claim `call_id` for a media socket; false if it was claimed before.
+    fn claim(&self, call_id: &str) -> bool {
+        let ttl = Duration::from_millis(self.config.preconnect_ttl_ms);
+        let mut claimed = self
+            .claimed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if claimed.len() > 1024 {
+            claimed.retain(|_, at| at.elapsed() <= ttl);
+        }
+        match claimed.get(call_id) {
+            Some(at) if at.elapsed() <= ttl => false,
+            _ => {
+                claimed.insert(call_id.to_owned(), std::time::Instant::now());
+                true
+            }
+        }
     }
 
     fn preconnected(
@@ -132,9 +155,7 @@ pub fn call_settings(config: &Config) -> CallSettings {
             config.noise_reduction(),
         ),
         turn_detection: turn,
-        greeting: config
-            .agent_speaks_first
-            .then(|| config.greeting.clone()),
+        greeting: config.agent_speaks_first.then(|| config.greeting.clone()),
         greeting_protected: config.greeting_uninterruptible,
         pacer: PacerConfig {
             lead: Duration::from_millis(config.pacing_lead_ms),
@@ -150,9 +171,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/twilio/voice", post(voice))
         .route("/twilio/media", get(media_socket))
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
-        })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .with_state(state)
 }
 
@@ -241,7 +260,7 @@ async fn voice(
             .unwrap_or_default()
     };
     let call_id = uuid::Uuid::now_v7().to_string();
-    let stream_token = token::stream_token(&state.stream_secret, &call_id);
+    let stream_token = token::stream_token(&state.stream_secret, &call_id, token::now_ms());
 
     // Pre-connect the model, keyed by our call id.
     let (tx, rx) = oneshot::channel();
@@ -277,10 +296,7 @@ async fn voice(
     info!(%call_id, call_sid = %param("CallSid"), from = %param("From"), to = %param("To"), "voice webhook answered");
     let twiml = ConnectStream {
         url: state.config.stream_url(),
-        parameters: vec![
-            ("call_id".into(), call_id),
-            ("token".into(), stream_token),
-        ],
+        parameters: vec![("call_id".into(), call_id), ("token".into(), stream_token)],
         say: None,
         status_callback: None,
     }
@@ -345,13 +361,25 @@ pub async fn handle_media(state: AppState, mut twilio: Link) {
         .custom_parameters
         .get("token")
         .map_or("", String::as_str);
-    if call_id.is_empty() || !token::verify_stream_token(&state.stream_secret, &call_id, presented)
-    {
-        warn!(stream_sid = %start.stream_sid, "media stream with a missing or invalid call token");
-        let _ = twilio
-            .tx
-            .send(WsOut::Close(CLOSE_POLICY, "invalid stream token".into()))
-            .await;
+    let verdict = if call_id.is_empty() {
+        Err("missing call id")
+    } else {
+        match token::verify_stream_token(
+            &state.stream_secret,
+            &call_id,
+            presented,
+            token::now_ms(),
+            state.config.preconnect_ttl_ms,
+        ) {
+            Ok(()) if state.claim(&call_id) => Ok(()),
+            Ok(()) => Err("call already claimed"),
+            Err(token::TokenError::Expired) => Err("stream token expired"),
+            Err(_) => Err("invalid stream token"),
+        }
+    };
+    if let Err(why) = verdict {
+        warn!(stream_sid = %start.stream_sid, %call_id, why, "media stream refused");
+        let _ = twilio.tx.send(WsOut::Close(CLOSE_POLICY, why.into())).await;
         return;
     }
     if !start.media_format.is_mulaw_8k_mono() {

@@ -88,9 +88,10 @@ impl Default for Config {
             openai_realtime_url: "wss://api.openai.com/v1/realtime".into(),
             openai_model: "gpt-realtime-2.1".into(),
             voice: "marin".into(),
-            instructions: "You are a helpful, concise phone assistant. You are an AI; say so if asked. \
+            instructions:
+                "You are a helpful, concise phone assistant. You are an AI; say so if asked. \
                            Speak naturally and briefly, one or two sentences at a time."
-                .into(),
+                    .into(),
             agent_speaks_first: true,
             greeting: "Greet the caller in one short sentence, say that you are an AI assistant, \
                        and ask how you can help."
@@ -186,7 +187,9 @@ impl Config {
         where
             T::Err: std::fmt::Display,
         {
-            v.trim().parse().map_err(|e: T::Err| invalid(name, v, e.to_string()))
+            v.trim()
+                .parse()
+                .map_err(|e: T::Err| invalid(name, v, e.to_string()))
         }
         fn boolean(name: &'static str, v: &str) -> Result<bool, ConfigError> {
             match v.trim().to_ascii_lowercase().as_str() {
@@ -197,16 +200,24 @@ impl Config {
         }
         macro_rules! set {
             ($name:literal, $field:ident, string) => {
-                if let Some(v) = env($name) { self.$field = v; }
+                if let Some(v) = env($name) {
+                    self.$field = v;
+                }
             };
             ($name:literal, $field:ident, opt) => {
-                if let Some(v) = env($name) { self.$field = if v.is_empty() { None } else { Some(v) }; }
+                if let Some(v) = env($name) {
+                    self.$field = if v.is_empty() { None } else { Some(v) };
+                }
             };
             ($name:literal, $field:ident, bool) => {
-                if let Some(v) = env($name) { self.$field = boolean($name, &v)?; }
+                if let Some(v) = env($name) {
+                    self.$field = boolean($name, &v)?;
+                }
             };
             ($name:literal, $field:ident, parse) => {
-                if let Some(v) = env($name) { self.$field = parse($name, &v)?; }
+                if let Some(v) = env($name) {
+                    self.$field = parse($name, &v)?;
+                }
             };
         }
         set!("PORT", port, parse);
@@ -255,11 +266,22 @@ impl Config {
             ));
         }
         if url.query().is_some() {
-            return Err(invalid("PUBLIC_URL", &self.public_url, "must not have a query"));
+            return Err(invalid(
+                "PUBLIC_URL",
+                &self.public_url,
+                "must not have a query",
+            ));
         }
         self.public_url = self.public_url.trim_end_matches('/').to_owned();
-        voxbridge_realtime::realtime_url(&self.openai_realtime_url, &self.openai_model)
-            .map_err(|e| invalid("OPENAI_REALTIME_URL", &self.openai_realtime_url, e.to_string()))?;
+        voxbridge_realtime::realtime_url(&self.openai_realtime_url, &self.openai_model).map_err(
+            |e| {
+                invalid(
+                    "OPENAI_REALTIME_URL",
+                    &self.openai_realtime_url,
+                    e.to_string(),
+                )
+            },
+        )?;
         if !VOICES.contains(&self.voice.as_str()) {
             return Err(invalid(
                 "VOICE",
@@ -278,9 +300,16 @@ impl Config {
             }
         }
         if !(0.0..=1.0).contains(&self.vad_threshold) {
-            return Err(invalid("VAD_THRESHOLD", self.vad_threshold, "between 0 and 1"));
+            return Err(invalid(
+                "VAD_THRESHOLD",
+                self.vad_threshold,
+                "between 0 and 1",
+            ));
         }
-        if !matches!(self.vad_eagerness.as_str(), "low" | "medium" | "high" | "auto") {
+        if !matches!(
+            self.vad_eagerness.as_str(),
+            "low" | "medium" | "high" | "auto"
+        ) {
             return Err(invalid(
                 "VAD_EAGERNESS",
                 &self.vad_eagerness,
@@ -301,10 +330,18 @@ impl Config {
             return Err(invalid("PACING_LEAD_MS", self.pacing_lead_ms, "20..=5000"));
         }
         if self.mark_interval_ms < 20 {
-            return Err(invalid("MARK_INTERVAL_MS", self.mark_interval_ms, "at least 20"));
+            return Err(invalid(
+                "MARK_INTERVAL_MS",
+                self.mark_interval_ms,
+                "at least 20",
+            ));
         }
         if self.max_frame_bytes < 1024 {
-            return Err(invalid("MAX_FRAME_BYTES", self.max_frame_bytes, "at least 1024"));
+            return Err(invalid(
+                "MAX_FRAME_BYTES",
+                self.max_frame_bytes,
+                "at least 1024",
+            ));
         }
         Ok(())
     }
@@ -382,20 +419,29 @@ mod tests {
         assert_eq!(c.openai_model, "gpt-realtime-2.1");
         assert_eq!(c.openai_realtime_url, "wss://api.openai.com/v1/realtime");
         assert_eq!(c.stream_url(), "wss://localhost:8080/twilio/media");
-        assert!(matches!(c.turn_detection(), Some(TurnDetection::ServerVad { .. })));
+        assert!(matches!(
+            c.turn_detection(),
+            Some(TurnDetection::ServerVad { .. })
+        ));
     }
 
     #[test]
     fn env_overrides_the_file() {
         let c = load(
-            &[("PUBLIC_URL", "https://voice.example.com/"), ("VOICE", "cedar")],
+            &[
+                ("PUBLIC_URL", "https://voice.example.com/"),
+                ("VOICE", "cedar"),
+            ],
             Some("voice = \"ash\"\nport = 9000\nturn_detection = \"semantic_vad\"\n"),
         )
         .expect("config");
         assert_eq!(c.voice, "cedar");
         assert_eq!(c.port, 9000);
         assert_eq!(c.stream_url(), "wss://voice.example.com/twilio/media");
-        assert!(matches!(c.turn_detection(), Some(TurnDetection::SemanticVad { .. })));
+        assert!(matches!(
+            c.turn_detection(),
+            Some(TurnDetection::SemanticVad { .. })
+        ));
     }
 
     #[test]
@@ -407,13 +453,18 @@ mod tests {
             (vec![("PUBLIC_URL", "https://x/?a=1")], "PUBLIC_URL"),
             (vec![("VAD_THRESHOLD", "2")], "VAD_THRESHOLD"),
             (vec![("AGENT_SPEAKS_FIRST", "maybe")], "AGENT_SPEAKS_FIRST"),
-            (vec![("OPENAI_REALTIME_URL", "https://api.openai.com")], "OPENAI_REALTIME_URL"),
+            (
+                vec![("OPENAI_REALTIME_URL", "https://api.openai.com")],
+                "OPENAI_REALTIME_URL",
+            ),
             (vec![("TURN_DETECTION", "vad")], "TURN_DETECTION"),
         ] {
             let err = load(&vars, None).expect_err("must fail").to_string();
             assert!(err.starts_with(name), "{err}");
         }
-        let err = load(&[], Some("colour = 1\n")).expect_err("unknown key").to_string();
+        let err = load(&[], Some("colour = 1\n"))
+            .expect_err("unknown key")
+            .to_string();
         assert!(err.contains("colour"), "{err}");
     }
 }

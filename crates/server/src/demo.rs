@@ -88,7 +88,10 @@ pub fn demo_model_config() -> RealtimeSimConfig {
                  Wednesday at two in the afternoon, and Friday at four. Which of those works best?",
                 6000,
             ),
-            reply("No problem. Thursday at ten is free. Shall I book it? Press 5 to confirm.", 2400),
+            reply(
+                "No problem. Thursday at ten is free. Shall I book it? Press 5 to confirm.",
+                2400,
+            ),
             reply("Thank you, you're booked for Thursday at ten.", 1600),
             reply("You're welcome. Goodbye!", 1000),
         ],
@@ -179,7 +182,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
     });
 
     if !quiet {
-        println!("voxbridge demo: server on 127.0.0.1:{port}, simulated model and caller on loopback\n");
+        println!(
+            "voxbridge demo: server on 127.0.0.1:{port}, simulated model and caller on loopback\n"
+        );
     }
     let cfg = CallerConfig {
         voice_url: format!("http://127.0.0.1:{port}/twilio/voice"),

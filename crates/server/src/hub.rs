@@ -23,7 +23,10 @@ pub enum CallEventKind {
     /// The model socket is open and its session confirmed µ-law.
     ModelReady { model: String, connect_ms: u64 },
     /// Twilio's `start` arrived on the media socket.
-    StreamStarted { stream_sid: String, call_sid: String },
+    StreamStarted {
+        stream_sid: String,
+        call_sid: String,
+    },
     /// A final transcript line.
     Transcript { speaker: Speaker, text: String },
     /// The caller pressed a key.

@@ -7,7 +7,11 @@ use voxbridge::config::Config;
 use voxbridge::{App, app, demo};
 
 #[derive(Parser, Debug)]
-#[command(name = "voxbridge", version, about = "AI phone calls: Twilio <-> OpenAI Realtime")]
+#[command(
+    name = "voxbridge",
+    version,
+    about = "AI phone calls: Twilio <-> OpenAI Realtime"
+)]
 struct Cli {
     /// Configuration file (default: ./voxbridge.toml if it exists).
     #[arg(long, global = true, env = "VOXBRIDGE_CONFIG")]

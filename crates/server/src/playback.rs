@@ -206,7 +206,10 @@ impl Playback {
 
     /// Audio queued locally, not yet sent to Twilio (ms).
     pub fn queued_ms(&self) -> u64 {
-        self.queue.iter().map(|f| (f.bytes.len() / BYTES_PER_MS) as u64).sum()
+        self.queue
+            .iter()
+            .map(|f| (f.bytes.len() / BYTES_PER_MS) as u64)
+            .sum()
     }
 
     /// Protect the next response from barge-in (a greeting or disclosure).
@@ -331,8 +334,7 @@ impl Playback {
 
     /// When the pacer next wants to run, if it has anything to send.
     pub fn next_deadline(&self) -> Option<Instant> {
-        if self.queue.is_empty() && !self.items.iter().any(|i| i.audio_done && !i.done_mark_sent)
-        {
+        if self.queue.is_empty() && !self.items.iter().any(|i| i.audio_done && !i.done_mark_sent) {
             return None;
         }
         match self.burst_start {
@@ -711,7 +713,10 @@ mod tests {
         let model: Vec<Value> = out.model.iter().map(|s| json(s)).collect();
         assert_eq!(model[0]["type"], "response.cancel");
         assert_eq!(model[1]["type"], "conversation.item.truncate");
-        assert_eq!(model[1]["audio_end_ms"], 20, "played 0 + 50, clamped to 20 sent");
+        assert_eq!(
+            model[1]["audio_end_ms"], 20,
+            "played 0 + 50, clamped to 20 sent"
+        );
         assert_eq!(json(&out.twilio[0])["event"], "clear");
     }
 
@@ -729,7 +734,11 @@ mod tests {
         let names = marks(&out);
         // Twilio echoes only the marks up to 400 ms (jitter buffer lag).
         for n in names.iter().take_while(|n| {
-            n.split(':').nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) <= 400
+            n.split(':')
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                <= 400
         }) {
             p.mark_echo(n, &mut Outbox::default());
         }
@@ -813,7 +822,10 @@ mod tests {
         p.pump(Instant::now(), &mut out);
         let names = marks(&out);
         // First item fully played (its done mark echoed), second partly.
-        let done_a = names.iter().position(|n| n.starts_with("done:a")).expect("done a");
+        let done_a = names
+            .iter()
+            .position(|n| n.starts_with("done:a"))
+            .expect("done a");
         p.mark_echo(&names[done_a], &mut Outbox::default());
         assert_eq!(p.items.len(), 1, "item a fully played and forgotten");
         p.mark_echo(&names[done_a + 1], &mut Outbox::default()); // b:20

@@ -385,7 +385,10 @@ impl Session {
 
     /// Forward 20 ms of caller audio, after silence for any gap before it.
     fn on_caller_audio(&mut self, timestamp_ms: u64, payload: &str) {
-        match self.uplink.on_media(timestamp_ms, payload, &mut self.out.model) {
+        match self
+            .uplink
+            .on_media(timestamp_ms, payload, &mut self.out.model)
+        {
             Ok(()) => self.summary.frames_in += 1,
             Err(BadPayload) => {
                 self.bad_frame(format_args!("media with invalid base64 payload dropped"));
@@ -483,15 +486,17 @@ impl Session {
                 let pcmu_in = info.input_format.as_ref().is_some_and(|f| f.is_pcmu());
                 let pcmu_out = info.output_format.as_ref().is_some_and(|f| f.is_pcmu());
                 if !pcmu_in || !pcmu_out {
+                    let name = |f: Option<voxbridge_realtime::session::AudioFormat>| {
+                        f.map_or_else(|| "none".to_owned(), |f| f.kind)
+                    };
                     let why = format!(
-                        "session.updated reports input {:?}, output {:?}; Twilio needs audio/pcmu",
-                        info.input_format.map(|f| f.kind),
-                        info.output_format.map(|f| f.kind)
+                        "model audio is {} in, {} out; Twilio needs audio/pcmu",
+                        name(info.input_format),
+                        name(info.output_format)
                     );
                     return Err(EndReason::FormatMismatch(why));
                 }
-                self.server_interrupts =
-                    info.turn_detection.is_some() && info.interrupt_response;
+                self.server_interrupts = info.turn_detection.is_some() && info.interrupt_response;
                 if !self.session_confirmed {
                     self.session_confirmed = true;
                     self.greet();
@@ -525,7 +530,10 @@ impl Session {
                 debug!(%response_id, %status, "response done");
                 self.playback.response_done(&response_id);
                 if let Some(u) = usage {
-                    let cached = u.input_token_details.as_ref().map_or(0, |d| d.cached_tokens);
+                    let cached = u
+                        .input_token_details
+                        .as_ref()
+                        .map_or(0, |d| d.cached_tokens);
                     self.summary.input_tokens += u.input_tokens;
                     self.summary.output_tokens += u.output_tokens;
                     self.summary.cached_tokens += cached;
@@ -734,7 +742,9 @@ impl Session {
         // If the model side ended the call, end the Twilio stream too: the
         // TwiML then continues (and hangs up).
         let twilio_close = match &reason {
-            EndReason::TwilioStop | EndReason::TwilioClosed(_) => None,
+            // Complete the closing handshake after `stop`.
+            EndReason::TwilioStop => Some((CLOSE_NORMAL, "stream stopped".to_owned())),
+            EndReason::TwilioClosed(_) => None,
             EndReason::TwilioFrameTooBig => Some((CLOSE_TOO_BIG, "frame too big".to_owned())),
             EndReason::ModelClosed(_) => Some((CLOSE_NORMAL, "model disconnected".to_owned())),
             EndReason::ModelConnectFailed(_) | EndReason::FormatMismatch(_) => {
@@ -742,7 +752,8 @@ impl Session {
             }
         };
         if let Some((code, why)) = twilio_close {
-            let _ = tokio::time::timeout(CLOSE_GRACE, twilio.tx.send(WsOut::Close(code, why))).await;
+            let _ =
+                tokio::time::timeout(CLOSE_GRACE, twilio.tx.send(WsOut::Close(code, why))).await;
         }
         self.summary.silence_filled_ms = self.uplink.silence_filled_ms;
         self.hub.publish(

@@ -118,9 +118,9 @@ where
         match m {
             Ok(Message::Text(t)) => Some(WsIn::Text(Text::Tungstenite(t))),
             Ok(Message::Binary(b)) => Some(WsIn::Binary(b.len())),
-            Ok(Message::Close(c)) => {
-                Some(WsIn::Close(c.map(|c| (u16::from(c.code), c.reason.to_string()))))
-            }
+            Ok(Message::Close(c)) => Some(WsIn::Close(
+                c.map(|c| (u16::from(c.code), c.reason.to_string())),
+            )),
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
             Err(e) => Some(WsIn::Error(e.to_string())),
         }
@@ -151,7 +151,9 @@ fn futures_channel_like() -> (BoxSink, BoxStream) {
         }
         match rx.recv().await {
             Some(WsOut::Text(t)) => Some((WsIn::Text(Text::Owned(t)), (rx, false))),
-            Some(WsOut::Close(code, reason)) => Some((WsIn::Close(Some((code, reason))), (rx, true))),
+            Some(WsOut::Close(code, reason)) => {
+                Some((WsIn::Close(Some((code, reason))), (rx, true)))
+            }
             None => None,
         }
     });

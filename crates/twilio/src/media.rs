@@ -192,15 +192,16 @@ pub fn parse(text: &str) -> Result<Inbound<'_>, ParseError> {
                 event: "media",
                 field: "payload",
             })?;
-            let num = |v: Option<MaybeBorrowed<'_>>, field: &'static str| -> Result<u64, ParseError> {
-                match v {
-                    None => Ok(0),
-                    Some(s) => s.0.parse().map_err(|_| ParseError::Field {
-                        event: "media",
-                        field,
-                    }),
-                }
-            };
+            let num =
+                |v: Option<MaybeBorrowed<'_>>, field: &'static str| -> Result<u64, ParseError> {
+                    match v {
+                        None => Ok(0),
+                        Some(s) => s.0.parse().map_err(|_| ParseError::Field {
+                            event: "media",
+                            field,
+                        }),
+                    }
+                };
             Inbound::Media(Media {
                 track: m.track.map_or(Cow::Borrowed("inbound"), |t| t.0),
                 chunk: num(m.chunk, "chunk")?,
@@ -278,8 +279,7 @@ pub fn clear(stream_sid: &str) -> String {
 
 /// Append `s` as a JSON string literal.
 pub fn push_json_str(out: &mut String, s: &str) {
-    if s
-        .bytes()
+    if s.bytes()
         .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7F)
     {
         out.push('"');
@@ -335,7 +335,10 @@ mod tests {
         let Ok(Inbound::Media(m)) = parse(MEDIA) else {
             panic!("media")
         };
-        assert_eq!((m.chunk, m.timestamp_ms, m.track.as_ref()), (1, 5, "outbound"));
+        assert_eq!(
+            (m.chunk, m.timestamp_ms, m.track.as_ref()),
+            (1, 5, "outbound")
+        );
         assert!(m.payload.starts_with("no+JhoaJ"));
         assert!(matches!(m.payload, Cow::Borrowed(_)), "payload must borrow");
         assert_eq!(
@@ -396,6 +399,9 @@ mod tests {
             serde_json::json!({"event":"mark","streamSid":"MZ1","mark":{"name":"item_1:\"x\":g1"}})
         );
         let v: serde_json::Value = serde_json::from_str(&clear("MZ\u{1}")).expect("json");
-        assert_eq!(v, serde_json::json!({"event":"clear","streamSid":"MZ\u{1}"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"event":"clear","streamSid":"MZ\u{1}"})
+        );
     }
 }

@@ -51,7 +51,11 @@ async fn a_call_relays_audio_both_ways_with_barge_in_and_dtmf() {
         .expect("call runs");
     let hung_up = tokio::time::Instant::now();
     assert_eq!(report.end, CallEnd::Hangup, "{:?}", report.close);
-    assert!(report.protocol_errors.is_empty(), "{:?}", report.protocol_errors);
+    assert!(
+        report.protocol_errors.is_empty(),
+        "{:?}",
+        report.protocol_errors
+    );
 
     // The model socket closes within 1 s of Twilio's stop.
     assert!(
@@ -76,16 +80,29 @@ async fn a_call_relays_audio_both_ways_with_barge_in_and_dtmf() {
         .iter()
         .map(|e| e["audio"].as_str().expect("audio"))
         .collect();
-    let sent: Vec<&str> = report.sent_payloads.iter().map(|(_, p)| p.as_str()).collect();
+    let sent: Vec<&str> = report
+        .sent_payloads
+        .iter()
+        .map(|(_, p)| p.as_str())
+        .collect();
     assert!(sent.len() > 200, "caller sent {} frames", sent.len());
-    assert_eq!(appended, sent, "appends must equal the caller's frames, in order");
+    assert_eq!(
+        appended, sent,
+        "appends must equal the caller's frames, in order"
+    );
 
     // The session is configured for the phone before anything else.
     let first = &events[0];
     assert_eq!(first["type"], "session.update");
     assert_eq!(first["session"]["type"], "realtime");
-    assert_eq!(first["session"]["audio"]["input"]["format"]["type"], "audio/pcmu");
-    assert_eq!(first["session"]["audio"]["output"]["format"]["type"], "audio/pcmu");
+    assert_eq!(
+        first["session"]["audio"]["input"]["format"]["type"],
+        "audio/pcmu"
+    );
+    assert_eq!(
+        first["session"]["audio"]["output"]["format"]["type"],
+        "audio/pcmu"
+    );
 
     // The agent spoke first.
     let creates = of_type(&events, "response.create");
@@ -146,7 +163,10 @@ async fn a_call_relays_audio_both_ways_with_barge_in_and_dtmf() {
             _ => {}
         }
     }
-    assert!(caller_lines >= 2 && agent_lines >= 3, "{caller_lines} {agent_lines}");
+    assert!(
+        caller_lines >= 2 && agent_lines >= 3,
+        "{caller_lines} {agent_lines}"
+    );
     assert!(turns >= 2, "{turns}");
     assert_eq!(ended.as_deref(), Some("twilio_stop"));
     export_client_events(&app.sim);
@@ -205,8 +225,7 @@ async fn a_protected_greeting_is_heard_whole() {
     let events = app.sim.events();
     let updates = of_type(&events, "session.update");
     assert_eq!(
-        updates[0]["session"]["audio"]["input"]["turn_detection"]["interrupt_response"],
-        false,
+        updates[0]["session"]["audio"]["input"]["turn_detection"]["interrupt_response"], false,
         "the server must not cut the greeting either"
     );
     assert!(
@@ -262,7 +281,10 @@ async fn settings_shape_the_session_and_the_caller_may_speak_first() {
     assert_eq!(td["eagerness"], "high");
     assert_eq!(td["interrupt_response"], false);
     assert_eq!(s["audio"]["input"]["noise_reduction"]["type"], "near_field");
-    assert_eq!(s["audio"]["input"]["transcription"]["model"], "gpt-4o-transcribe");
+    assert_eq!(
+        s["audio"]["input"]["transcription"]["model"],
+        "gpt-4o-transcribe"
+    );
     assert_eq!(s["audio"]["input"]["transcription"]["language"], "en");
     // The caller spoke first: no response.create was sent before speech.
     let first_create = events.iter().position(|e| e["type"] == "response.create");

@@ -158,5 +158,6 @@ pub fn export_client_events(sim: &RealtimeSim) {
         .append(true)
         .open(path)
         .expect("conformance file");
-    f.write_all(text.as_bytes()).expect("write conformance file");
+    f.write_all(text.as_bytes())
+        .expect("write conformance file");
 }

@@ -35,7 +35,10 @@ const CALL_SID: &str = "CA0123456789abcdef0123456789abcdef";
 
 /// Open the media socket, signed with `signature` if given.
 /// Err: (HTTP status of a rejected upgrade, error text).
-async fn connect_media(app: &TestApp, signature: Option<&str>) -> Result<Ws, (Option<u16>, String)> {
+async fn connect_media(
+    app: &TestApp,
+    signature: Option<&str>,
+) -> Result<Ws, (Option<u16>, String)> {
     let mut req = app
         .ws("/twilio/media")
         .into_client_request()
@@ -161,7 +164,10 @@ fn spawn_hub_log(app: &TestApp) -> Arc<Mutex<Vec<(Instant, CallEvent)>>> {
 }
 
 fn temp_record_path() -> PathBuf {
-    std::env::temp_dir().join(format!("voxbridge-robustness-{}.jsonl", uuid::Uuid::new_v4()))
+    std::env::temp_dir().join(format!(
+        "voxbridge-robustness-{}.jsonl",
+        uuid::Uuid::new_v4()
+    ))
 }
 
 /// The client events the simulator recorded for connection `conn`.
@@ -265,7 +271,11 @@ async fn http_request(
         let mut b = &body[..];
         while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
             let size = usize::from_str_radix(
-                String::from_utf8_lossy(&b[..eol]).split(';').next().unwrap_or("0").trim(),
+                String::from_utf8_lossy(&b[..eol])
+                    .split(';')
+                    .next()
+                    .unwrap_or("0")
+                    .trim(),
                 16,
             )
             .expect("chunk size");
@@ -343,7 +353,11 @@ async fn bad_media_input_keeps_the_socket_and_spares_a_concurrent_call() {
     // Before start.
     send(&mut tx, "{this is not json").await;
     send(&mut tx, "{}").await;
-    send(&mut tx, r#"{"event":"wobble","streamSid":"MZx","wobble":{}}"#).await;
+    send(
+        &mut tx,
+        r#"{"event":"wobble","streamSid":"MZx","wobble":{}}"#,
+    )
+    .await;
     let early = [0xEE_u8; 160];
     send(&mut tx, media_message(2, sid, 1, 20, &B64.encode(early))).await;
     // A valid start.
@@ -405,6 +419,19 @@ async fn bad_media_input_keeps_the_socket_and_spares_a_concurrent_call() {
         "the model receives exactly the valid frames, in order"
     );
 
+    // The call still works: agent audio (the greeting) reaches the socket.
+    assert!(
+        eventually(Duration::from_secs(10), || lock(&seen).texts.iter().any(
+            |t| {
+                serde_json::from_str::<Value>(t)
+                    .is_ok_and(|v| v["event"] == "media" && v["streamSid"] == sid)
+            }
+        ))
+        .await,
+        "agent audio reaches the socket after the bad input"
+    );
+    assert_eq!(lock(&seen).ending, None, "still open");
+
     // Now a frame larger than MAX_FRAME_BYTES: the server closes the socket.
     let big = media_message(21, sid, 11, 220, &B64.encode(vec![0xFF_u8; 6_000]));
     assert!(big.len() > 4096);
@@ -445,7 +472,11 @@ async fn bad_media_input_keeps_the_socket_and_spares_a_concurrent_call() {
         report.protocol_errors
     );
     assert_eq!(report.wait_timeouts, 0, "normal call waits all satisfied");
-    assert!(report.bursts >= 2, "greeting and reply heard: {}", report.bursts);
+    assert!(
+        report.bursts >= 2,
+        "greeting and reply heard: {}",
+        report.bursts
+    );
     let call_id = param(&report.custom_parameters, "call_id").to_owned();
     let transcripts = |speaker: Speaker| {
         lock(&hub).iter().any(|(_, e)| {
@@ -537,8 +568,14 @@ async fn a_start_with_a_bad_token_is_closed_and_uses_no_model() {
 
     // A call id the server never issued: no model socket at all.
     let forged = vec![
-        ("call_id".to_owned(), "0190aaaa-0000-7000-8000-000000000000".to_owned()),
-        ("token".to_owned(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned()),
+        (
+            "call_id".to_owned(),
+            "0190aaaa-0000-7000-8000-000000000000".to_owned(),
+        ),
+        (
+            "token".to_owned(),
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned(),
+        ),
     ];
     assert_policy_close(&start_and_wait_end(&app, &forged).await, "forged call");
     assert_policy_close(&start_and_wait_end(&app, &[]).await, "no parameters");
@@ -572,11 +609,19 @@ async fn a_start_with_a_bad_token_is_closed_and_uses_no_model() {
     assert_policy_close(&start_and_wait_end(&app, &wrong).await, "wrong token");
     assert_policy_close(&start_and_wait_end(&app, &missing).await, "missing token");
     assert_policy_close(&start_and_wait_end(&app, &no_id).await, "missing call id");
-    assert_policy_close(&start_and_wait_end(&app, &other_id).await, "token of another call");
+    assert_policy_close(
+        &start_and_wait_end(&app, &other_id).await,
+        "token of another call",
+    );
 
     // Only the webhook's pre-connected model socket exists, and nothing was
     // sent on it but the initial session.update.
-    assert_eq!(app.sim.connections().len(), 1, "{:?}", app.sim.connections());
+    assert_eq!(
+        app.sim.connections().len(),
+        1,
+        "{:?}",
+        app.sim.connections()
+    );
     let types: Vec<String> = app
         .sim
         .events()
@@ -602,9 +647,30 @@ async fn a_start_with_a_bad_token_is_closed_and_uses_no_model() {
         .await,
         "the call is still claimable with its token"
     );
-    assert_eq!(app.sim.connections().len(), 1, "the pre-connected socket is used");
+    assert_eq!(
+        app.sim.connections().len(),
+        1,
+        "the pre-connected socket is used"
+    );
     send(&mut tx, stop_message(3, sid, ACCOUNT_SID, CALL_SID)).await;
-    let _ = wait_end(&mut rx, Duration::from_secs(3)).await;
+    // The server completes the closing handshake after stop.
+    assert!(
+        matches!(
+            wait_end(&mut rx, Duration::from_secs(3)).await,
+            Ending::Close(Some((1000, _)))
+        ),
+        "close 1000 after stop"
+    );
+
+    // Replaying the same start later (a captured, validly signed socket)
+    // must not open another model session on our key.
+    assert_policy_close(&start_and_wait_end(&app, &params).await, "replayed start");
+    assert_eq!(
+        app.sim.connections().len(),
+        1,
+        "a replayed start opened a model socket: {:?}",
+        app.sim.connections()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -722,10 +788,7 @@ async fn a_format_mismatch_ends_the_call_with_1011() {
     let hub = spawn_hub_log(&app);
     let report = tokio::time::timeout(
         Duration::from_secs(30),
-        run_call(app.caller(vec![
-            CallerStep::Silence { ms: 5_000 },
-            CallerStep::Hangup,
-        ])),
+        run_call(app.caller(vec![CallerStep::Silence { ms: 5_000 }, CallerStep::Hangup])),
     )
     .await
     .expect("call ends in time")
@@ -733,6 +796,10 @@ async fn a_format_mismatch_ends_the_call_with_1011() {
     assert_eq!(report.end, CallEnd::ServerClosed, "{report:?}");
     let (code, reason) = report.close.clone().expect("a close frame from the server");
     assert_eq!(code, 1011, "close reason: {reason}");
+    assert!(
+        reason.len() <= 123,
+        "close reasons are limited to 123 bytes"
+    );
     assert!(
         reason.contains("audio/pcmu"),
         "the close reason names the expected format: {reason:?}"
@@ -773,10 +840,7 @@ async fn the_model_closing_mid_call_closes_the_twilio_socket() {
     let hub = spawn_hub_log(&app);
     let report = tokio::time::timeout(
         Duration::from_secs(30),
-        run_call(app.caller(vec![
-            CallerStep::Silence { ms: 8_000 },
-            CallerStep::Hangup,
-        ])),
+        run_call(app.caller(vec![CallerStep::Silence { ms: 8_000 }, CallerStep::Hangup])),
     )
     .await
     .expect("call ends in time")
@@ -784,7 +848,12 @@ async fn the_model_closing_mid_call_closes_the_twilio_socket() {
     let returned = Instant::now();
     assert_eq!(report.end, CallEnd::ServerClosed, "{report:?}");
     assert!(report.close.is_some(), "a close frame from the server");
-    let conn = app.sim.connections().first().cloned().expect("a model socket");
+    let conn = app
+        .sim
+        .connections()
+        .first()
+        .cloned()
+        .expect("a model socket");
     assert_eq!(conn.close_reason.as_deref(), Some("fault: close_after_ms"));
     let model_closed = conn.closed_at.expect("model closed");
     let call_id = param(&report.custom_parameters, "call_id").to_owned();
@@ -857,7 +926,11 @@ async fn twilio_stop_closes_the_model_socket_within_a_second() {
     send(&mut tx, CONNECTED_MESSAGE).await;
     send(&mut tx, start_message(sid, ACCOUNT_SID, CALL_SID, &params)).await;
     for n in 1..=5_u64 {
-        send(&mut tx, media_message(n + 1, sid, n, 20 * n, &quiet_frame(0xFE))).await;
+        send(
+            &mut tx,
+            media_message(n + 1, sid, n, 20 * n, &quiet_frame(0xFE)),
+        )
+        .await;
     }
     assert!(
         eventually(Duration::from_secs(5), || app
@@ -885,7 +958,10 @@ async fn twilio_stop_closes_the_model_socket_within_a_second() {
         .into_iter()
         .find(|c| c.conn == conn_id)
         .expect("conn");
-    let latency = conn.closed_at.expect("closed").saturating_duration_since(stop_sent);
+    let latency = conn
+        .closed_at
+        .expect("closed")
+        .saturating_duration_since(stop_sent);
     assert!(
         latency < Duration::from_secs(1),
         "model socket closed {latency:?} after stop"
@@ -951,7 +1027,10 @@ async fn omitted_silence_is_filled_to_the_callers_timeline() {
     let (speech, silence): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) =
         appends.iter().partition(|a| sent.contains(a));
     assert_eq!(speech.len(), sent.len());
-    assert!(speech.iter().zip(&sent).all(|(a, b)| *a == b), "speech in order");
+    assert!(
+        speech.iter().zip(&sent).all(|(a, b)| *a == b),
+        "speech in order"
+    );
     let silence_bytes: usize = silence.iter().map(|a| a.len()).sum();
     assert!(
         silence.iter().all(|a| a.iter().all(|&b| b == 0xFF)),
@@ -998,7 +1077,8 @@ fn uplink_caps_gap_filling_and_rejects_bad_base64() {
         .iter()
         .map(|m| {
             let v: Value = serde_json::from_str(m).expect("append JSON");
-            B64.decode(v["audio"].as_str().expect("audio")).expect("base64")
+            B64.decode(v["audio"].as_str().expect("audio"))
+                .expect("base64")
         })
         .collect();
     let (last, fill) = decoded.split_last().expect("appends");
