@@ -335,3 +335,27 @@ async fn truncate_positions_never_exceed_audio_sent() {
     assert!(!b.is_empty());
     export_client_events(&app.sim);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_demo_completes_its_script() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = std::env::temp_dir().join(format!("vb-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let record = dir.join("model_events.jsonl");
+    let report = voxbridge::demo::run(voxbridge::demo::DemoOptions {
+        record_path: Some(record.clone()),
+        quiet: true,
+    })
+    .await
+    .expect("demo runs");
+    let summary = voxbridge::demo::summary(&report);
+    assert!(report.passed(), "{summary}");
+    assert_eq!(report.barge_ins, 1, "{summary}");
+    assert_eq!(report.dtmf, vec!["5".to_owned()]);
+    assert!(report.turns.len() >= 3, "{summary}");
+    assert!(summary.contains("result                ok"));
+    // The demo's recording holds every client event the model received.
+    let lines = std::fs::read_to_string(&record).expect("record file");
+    assert!(lines.lines().count() > 500);
+    assert!(lines.contains("conversation.item.truncate"));
+}
