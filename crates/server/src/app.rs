@@ -1,6 +1,8 @@
 //! The HTTP application: `/health`, the Twilio voice webhook and the
 //! Twilio media WebSocket.
 
+use crate::agents::{Agent, Agents, Task, render_instructions};
+use crate::api;
 use crate::config::Config;
 use crate::hub::{CallEventKind, EventHub};
 use crate::playback::PacerConfig;
@@ -23,6 +25,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 use voxbridge_realtime::session::SessionConfig;
 use voxbridge_twilio::media::{self, Inbound, Start};
+use voxbridge_twilio::rest::{Auth, TwilioClient};
 use voxbridge_twilio::signature;
 use voxbridge_twilio::twiml::ConnectStream;
 
@@ -42,18 +45,30 @@ pub struct App {
     pub config: Config,
     /// Call events, for the CLI, logs and (later) storage and `/v1/events`.
     pub hub: EventHub,
-    /// Per-call settings derived once from the config.
-    settings: Arc<CallSettings>,
+    /// The database (calls, transcripts, keys); `None` runs the bridge alone.
+    pub store: Option<voxbridge_store::Store>,
+    /// Twilio REST client, when credentials are configured.
+    pub twilio: Option<TwilioClient>,
+    /// Agents by name and by number.
+    pub agents: Agents,
+    /// Requests per minute per API key.
+    pub limiter: governor::DefaultKeyedRateLimiter<String>,
     /// Secret behind the per-call stream tokens.
     stream_secret: Vec<u8>,
     /// Model sockets opened while answering the voice webhook, waiting for
     /// their media socket, by call id.
-    preconnected: Mutex<HashMap<String, oneshot::Receiver<Result<ModelLink, String>>>>,
+    preconnected: Mutex<HashMap<String, Preconnected>>,
     /// Call ids whose media socket was accepted, with when: a call id is
     /// claimed once (a replayed `start` is refused). Pruned after the token TTL.
     claimed: Mutex<HashMap<String, std::time::Instant>>,
     /// Calls in progress on this node (pre-connected or streaming).
     active_calls: AtomicUsize,
+}
+
+/// A model socket being opened for a call, and the call's settings.
+struct Preconnected {
+    model: oneshot::Receiver<Result<ModelLink, String>>,
+    settings: Arc<CallSettings>,
 }
 
 /// An HTTP error as `{"error": …, "code": …}`.
@@ -65,7 +80,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -85,9 +100,15 @@ impl IntoResponse for ApiError {
 }
 
 impl App {
-    /// Build the application from its configuration.
+    /// Build the bridge alone (no database, no Twilio REST): what `demo`
+    /// and the bridge tests need.
     pub fn build(config: Config) -> AppState {
-        let settings = Arc::new(call_settings(&config));
+        Self::build_with(config, None)
+    }
+
+    /// Build the application; with a store, call events are persisted and
+    /// the REST API is served.
+    pub fn build_with(config: Config, store: Option<voxbridge_store::Store>) -> AppState {
         let stream_secret = match (&config.stream_secret, &config.twilio_auth_token) {
             (Some(s), _) => s.as_bytes().to_vec(),
             (None, Some(t)) => {
@@ -96,15 +117,42 @@ impl App {
             }
             (None, None) => rand::random::<[u8; 32]>().to_vec(),
         };
+        let (hub, persist_rx) = if store.is_some() {
+            let (hub, rx) = EventHub::with_persistence(1024);
+            (hub, Some(rx))
+        } else {
+            (EventHub::default(), None)
+        };
+        if let (Some(store), Some(rx)) = (&store, persist_rx) {
+            tokio::spawn(crate::persist::run_writer(store.clone(), rx));
+        }
+        let twilio = twilio_client(&config);
+        let quota = governor::Quota::per_minute(
+            std::num::NonZeroU32::new(config.rate_limit_per_minute).unwrap_or(std::num::NonZeroU32::MIN),
+        );
         AppState(Arc::new(App {
+            agents: Agents::from_config(&config),
             config,
-            hub: EventHub::default(),
-            settings,
+            hub,
+            store,
+            twilio,
+            limiter: governor::RateLimiter::keyed(quota),
             stream_secret,
             preconnected: Mutex::new(HashMap::new()),
             claimed: Mutex::new(HashMap::new()),
             active_calls: AtomicUsize::new(0),
         }))
+    }
+
+    /// The store, or a 503 when the server runs without one.
+    pub fn store(&self) -> Result<&voxbridge_store::Store, ApiError> {
+        self.store.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STORE_NOT_CONFIGURED",
+                "this server runs without a database",
+            )
+        })
     }
 
     /// Calls in progress on this node.
@@ -133,8 +181,7 @@ impl App {
 
     fn preconnected(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Receiver<Result<ModelLink, String>>>>
-    {
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Preconnected>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.preconnected
             .lock()
@@ -142,20 +189,59 @@ impl App {
     }
 }
 
-/// The per-call settings a config implies.
+/// The Twilio REST client the config describes, if any.
+fn twilio_client(config: &Config) -> Option<TwilioClient> {
+    let account = config.twilio_account_sid.clone()?;
+    let auth = match (
+        &config.twilio_api_key_sid,
+        &config.twilio_api_key_secret,
+        &config.twilio_auth_token,
+    ) {
+        (Some(sid), Some(secret), _) => Auth::ApiKey {
+            key_sid: sid.clone(),
+            secret: secret.clone(),
+        },
+        (_, _, Some(token)) => Auth::AccountToken {
+            auth_token: token.clone(),
+        },
+        _ => return None,
+    };
+    match TwilioClient::new(&config.twilio_api_base, &account, auth) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            warn!(error = %e, "Twilio REST client not usable");
+            None
+        }
+    }
+}
+
+/// The per-call settings a config implies (the default agent, no task).
 pub fn call_settings(config: &Config) -> CallSettings {
+    let agents = Agents::from_config(config);
+    let agent = agents.for_number("");
+    settings_for(config, agent, None, None, None)
+}
+
+/// The settings of one call: agent, task and overrides.
+pub fn settings_for(
+    config: &Config,
+    agent: &Agent,
+    task: Option<&Task>,
+    voice: Option<&str>,
+    model: Option<&str>,
+) -> CallSettings {
     let turn = config.turn_detection();
     CallSettings {
         session: SessionConfig::phone(
-            config.openai_model.clone(),
-            config.instructions.clone(),
-            config.voice.clone(),
+            model.unwrap_or(&agent.model),
+            render_instructions(agent, task),
+            voice.unwrap_or(&agent.voice),
             turn.clone(),
             config.transcription(),
             config.noise_reduction(),
         ),
         turn_detection: turn,
-        greeting: config.agent_speaks_first.then(|| config.greeting.clone()),
+        greeting: config.agent_speaks_first.then(|| agent.greeting.clone()),
         greeting_protected: config.greeting_uninterruptible,
         pacer: PacerConfig {
             lead: Duration::from_millis(config.pacing_lead_ms),
@@ -165,13 +251,53 @@ pub fn call_settings(config: &Config) -> CallSettings {
     }
 }
 
+/// The settings of a stored call (outbound: its agent and task).
+fn settings_for_record(state: &App, call: &voxbridge_store::CallRecord) -> CallSettings {
+    let agent = state
+        .agents
+        .get(&call.agent)
+        .unwrap_or_else(|| state.agents.for_number(&call.to_number));
+    let extra = call.task.clone().unwrap_or_default();
+    let task: Option<Task> = serde_json::from_value(extra["task"].clone()).ok();
+    settings_for(
+        &state.config,
+        agent,
+        task.as_ref(),
+        extra["voice"].as_str(),
+        extra["model"].as_str(),
+    )
+}
+
 /// The router.
 pub fn router(state: AppState) -> Router {
+    use axum::extract::DefaultBodyLimit;
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    let max_body = state.config.max_body_bytes;
+    let v1 = Router::new()
+        .route("/v1/calls", post(api::create_call).get(api::list_calls))
+        .route("/v1/calls/{id}", get(api::get_call))
+        .route("/v1/calls/{id}/transcript", get(api::get_transcript))
+        .route("/v1/calls/{id}/hangup", post(api::hangup_call))
+        .route("/v1/events", get(api::events))
+        .route("/v1/openapi.json", get(api::openapi))
+        .layer(DefaultBodyLimit::max(max_body));
     Router::new()
         .route("/health", get(health))
         .route("/twilio/voice", post(voice))
         .route("/twilio/media", get(media_socket))
+        .route("/twilio/status", post(twilio_status))
+        .route("/twilio/recording", post(twilio_recording))
+        .merge(v1)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "method not allowed on this route",
+            )
+        })
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 
@@ -259,18 +385,66 @@ async fn voice(
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     };
-    let call_id = uuid::Uuid::now_v7().to_string();
+    // Outbound calls carry our call id; inbound calls get one now.
+    let outbound_id = uri.query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "call_id")
+            .map(|(_, v)| v.into_owned())
+    });
+    let (call_id, settings) = match (&outbound_id, &state.store) {
+        (Some(id), Some(store)) => {
+            let call = store.get_call(id).await?.ok_or_else(|| {
+                ApiError::new(StatusCode::NOT_FOUND, "CALL_NOT_FOUND", format!("no call {id:?}"))
+            })?;
+            if call.twilio_call_sid.is_none() && !param("CallSid").is_empty() {
+                store.set_twilio_sid(id, &param("CallSid")).await?;
+            }
+            (id.clone(), Arc::new(settings_for_record(&state, &call)))
+        }
+        _ => {
+            let id = uuid::Uuid::now_v7().to_string();
+            let to = param("To");
+            let agent = state.agents.for_number(&to);
+            if let Some(store) = &state.store {
+                let now = token::now_ms() as i64;
+                store
+                    .create_call(&voxbridge_store::NewCall {
+                        id: id.clone(),
+                        direction: "inbound".into(),
+                        from_number: param("From"),
+                        to_number: to.clone(),
+                        agent: agent.name.clone(),
+                        task: None,
+                        status: "in-progress".into(),
+                        api_key_id: None,
+                        idempotency_key: None,
+                        created_at_ms: now,
+                    })
+                    .await?;
+                if !param("CallSid").is_empty() {
+                    store.set_twilio_sid(&id, &param("CallSid")).await?;
+                }
+            }
+            (id, Arc::new(settings_for(&state.config, agent, None, None, None)))
+        }
+    };
     let stream_token = token::stream_token(&state.stream_secret, &call_id, token::now_ms());
 
     // Pre-connect the model, keyed by our call id.
     let (tx, rx) = oneshot::channel();
-    state.preconnected().insert(call_id.clone(), rx);
+    state.preconnected().insert(
+        call_id.clone(),
+        Preconnected {
+            model: rx,
+            settings: settings.clone(),
+        },
+    );
     state.active_calls.fetch_add(1, Ordering::Relaxed);
     let opener = open_model(
         state.config.openai_realtime_url.clone(),
-        state.config.openai_model.clone(),
+        settings.session.model.clone(),
         api_key,
-        state.settings.clone(),
+        settings.clone(),
     );
     tokio::spawn(async move {
         let _ = tx.send(opener.await);
@@ -386,36 +560,52 @@ pub async fn handle_media(state: AppState, mut twilio: Link) {
         warn!(format = ?start.media_format, "unexpected Twilio media format");
     }
     let claimed = state.preconnected().remove(&call_id);
-    let model: ModelFuture = match (claimed, state.config.openai_api_key.clone()) {
-        (Some(rx), _) => Box::pin(async move {
-            rx.await
-                .unwrap_or_else(|_| Err("pre-connect task ended".into()))
-        }),
-        (None, Some(key)) => {
-            // The socket landed on a node that did not answer the webhook,
-            // or the pre-connect expired: connect afresh.
-            state.active_calls.fetch_add(1, Ordering::Relaxed);
-            open_model(
-                state.config.openai_realtime_url.clone(),
-                state.config.openai_model.clone(),
-                key,
-                state.settings.clone(),
-            )
-        }
-        (None, None) => {
-            let _ = twilio
-                .tx
-                .send(WsOut::Close(CLOSE_POLICY, "model not configured".into()))
-                .await;
-            return;
-        }
-    };
+    let (model, settings): (ModelFuture, Arc<CallSettings>) =
+        match (claimed, state.config.openai_api_key.clone()) {
+            (Some(p), _) => (
+                Box::pin(async move {
+                    p.model
+                        .await
+                        .unwrap_or_else(|_| Err("pre-connect task ended".into()))
+                }),
+                p.settings,
+            ),
+            (None, Some(key)) => {
+                // The socket landed on a node that did not answer the
+                // webhook, or the pre-connect expired: connect afresh.
+                let stored = match &state.store {
+                    Some(store) => store.get_call(&call_id).await.ok().flatten(),
+                    None => None,
+                };
+                let settings = Arc::new(match &stored {
+                    Some(call) => settings_for_record(&state, call),
+                    None => call_settings(&state.config),
+                });
+                state.active_calls.fetch_add(1, Ordering::Relaxed);
+                (
+                    open_model(
+                        state.config.openai_realtime_url.clone(),
+                        settings.session.model.clone(),
+                        key,
+                        settings.clone(),
+                    ),
+                    settings,
+                )
+            }
+            (None, None) => {
+                let _ = twilio
+                    .tx
+                    .send(WsOut::Close(CLOSE_POLICY, "model not configured".into()))
+                    .await;
+                return;
+            }
+        };
     let summary = session::run(
         call_id.clone(),
         start,
         twilio,
         model,
-        state.settings.clone(),
+        settings,
         state.hub.clone(),
     )
     .await;
@@ -465,4 +655,148 @@ async fn wait_for_start(state: &AppState, twilio: &mut Link) -> Option<Start> {
             }
         }
     }
+}
+
+/// The form fields and the URL Twilio signed, after checking the signature.
+fn signed_form(
+    state: &App,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Vec<(String, String)>, ApiError> {
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let url = format!(
+        "{}{}",
+        state.config.public_url,
+        uri.path_and_query().map_or("", |p| p.as_str())
+    );
+    check_signature(state, headers, &url, &params)?;
+    Ok(params)
+}
+
+fn form_value<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+/// The stored call a Twilio callback is about: `?call_id=` or its CallSid.
+async fn callback_call(
+    state: &App,
+    uri: &axum::http::Uri,
+    params: &[(String, String)],
+) -> Result<voxbridge_store::CallRecord, ApiError> {
+    let store = state.store()?;
+    let by_id = uri.query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "call_id")
+            .map(|(_, v)| v.into_owned())
+    });
+    let found = match (by_id, form_value(params, "CallSid")) {
+        (Some(id), _) => store.get_call(&id).await?,
+        (None, Some(sid)) => store.call_by_twilio_sid(sid).await?,
+        (None, None) => None,
+    };
+    found.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "CALL_NOT_FOUND", "unknown call"))
+}
+
+/// `POST /twilio/status`: call progress (and asynchronous AMD) callbacks.
+async fn twilio_status(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let params = signed_form(&state, &uri, &headers, &body)?;
+    let call = callback_call(&state, &uri, &params).await?;
+    let store = state.store()?;
+    let now = token::now_ms() as i64;
+    if let Some(answered_by) = form_value(&params, "AnsweredBy") {
+        store.set_answered_by(&call.id, answered_by).await?;
+        state.hub.publish(
+            &call.id,
+            CallEventKind::Status {
+                status: format!("answered_by:{answered_by}"),
+            },
+        );
+    }
+    if let Some(status) = form_value(&params, "CallStatus") {
+        const KNOWN: &[&str] = &[
+            "queued",
+            "initiated",
+            "ringing",
+            "in-progress",
+            "completed",
+            "busy",
+            "no-answer",
+            "failed",
+            "canceled",
+        ];
+        if !KNOWN.contains(&status) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "INVALID_STATUS",
+                format!("unknown CallStatus {status:?}"),
+            ));
+        }
+        if call.twilio_call_sid.is_none()
+            && let Some(sid) = form_value(&params, "CallSid")
+        {
+            store.set_twilio_sid(&call.id, sid).await?;
+        }
+        store.update_status(&call.id, status, now).await?;
+        state.hub.publish(
+            &call.id,
+            CallEventKind::Status {
+                status: status.to_owned(),
+            },
+        );
+        if voxbridge_store::is_terminal_status(status) {
+            let duration = form_value(&params, "CallDuration").and_then(|d| d.parse().ok());
+            let reason = (status != "completed").then_some(status);
+            store.finish_call(&call.id, reason, now, duration).await?;
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /twilio/recording`: the recording of a call is ready.
+async fn twilio_recording(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let params = signed_form(&state, &uri, &headers, &body)?;
+    let call = callback_call(&state, &uri, &params).await?;
+    if form_value(&params, "RecordingStatus").is_some_and(|s| s != "completed") {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    let (Some(sid), Some(url)) = (
+        form_value(&params, "RecordingSid"),
+        form_value(&params, "RecordingUrl"),
+    ) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_CALLBACK",
+            "RecordingSid and RecordingUrl are required",
+        ));
+    };
+    let duration = form_value(&params, "RecordingDuration").and_then(|d| d.parse().ok());
+    state
+        .store()?
+        .set_recording(&call.id, sid, url, duration)
+        .await?;
+    state.hub.publish(
+        &call.id,
+        CallEventKind::Recording {
+            sid: sid.to_owned(),
+            url: url.to_owned(),
+        },
+    );
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -76,6 +76,51 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Concurrent calls this node accepts (`MAX_CALLS`).
     pub max_calls: usize,
+    /// `sqlite://…` or `postgres://…` (`DATABASE_URL`).
+    pub database_url: String,
+    /// Twilio account (`TWILIO_ACCOUNT_SID`).
+    pub twilio_account_sid: Option<String>,
+    /// Caller id for outbound calls (`TWILIO_PHONE_NUMBER`).
+    pub twilio_phone_number: Option<String>,
+    /// Twilio REST base (`TWILIO_API_BASE`).
+    pub twilio_api_base: String,
+    /// API key auth instead of the auth token (`TWILIO_API_KEY_SID`, `TWILIO_API_KEY_SECRET`).
+    pub twilio_api_key_sid: Option<String>,
+    pub twilio_api_key_secret: Option<String>,
+    /// Ask Twilio to record outbound calls, dual channel (`RECORD_CALLS`).
+    pub record_calls: bool,
+    /// Seconds to let an outbound call ring (`RING_TIMEOUT_S`).
+    pub ring_timeout_s: u32,
+    /// Longest outbound call in seconds (`MAX_CALL_DURATION_S`).
+    pub max_call_duration_s: u32,
+    /// Answering-machine detection on outbound calls: `none`, `Enable`,
+    /// `DetectMessageEnd` (`MACHINE_DETECTION`); always asynchronous.
+    pub machine_detection: String,
+    /// REST requests per minute per API key (`RATE_LIMIT_PER_MINUTE`).
+    pub rate_limit_per_minute: u32,
+    /// Largest REST request body in bytes (`MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// Named agents (`[[agents]]` in the file); a `default` one is always
+    /// derived from INSTRUCTIONS / VOICE / GREETING when not given.
+    pub agents: Vec<AgentConfig>,
+}
+
+/// One agent: how it talks, and which numbers it answers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub name: String,
+    #[serde(default)]
+    pub instructions: Option<String>,
+    #[serde(default)]
+    pub voice: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub greeting: Option<String>,
+    /// Inbound calls to these numbers (E.164) get this agent.
+    #[serde(default)]
+    pub numbers: Vec<String>,
 }
 
 impl Default for Config {
@@ -115,6 +160,19 @@ impl Default for Config {
             input_buffer_ms: 5_000,
             max_frame_bytes: 64 * 1024,
             max_calls: 2_000,
+            database_url: "sqlite://voxbridge.db".into(),
+            twilio_account_sid: None,
+            twilio_phone_number: None,
+            twilio_api_base: "https://api.twilio.com".into(),
+            twilio_api_key_sid: None,
+            twilio_api_key_secret: None,
+            record_calls: false,
+            ring_timeout_s: 30,
+            max_call_duration_s: 3_600,
+            machine_detection: "none".into(),
+            rate_limit_per_minute: 600,
+            max_body_bytes: 64 * 1024,
+            agents: Vec::new(),
         }
     }
 }
@@ -249,6 +307,18 @@ impl Config {
         set!("INPUT_BUFFER_MS", input_buffer_ms, parse);
         set!("MAX_FRAME_BYTES", max_frame_bytes, parse);
         set!("MAX_CALLS", max_calls, parse);
+        set!("DATABASE_URL", database_url, string);
+        set!("TWILIO_ACCOUNT_SID", twilio_account_sid, opt);
+        set!("TWILIO_PHONE_NUMBER", twilio_phone_number, opt);
+        set!("TWILIO_API_BASE", twilio_api_base, string);
+        set!("TWILIO_API_KEY_SID", twilio_api_key_sid, opt);
+        set!("TWILIO_API_KEY_SECRET", twilio_api_key_secret, opt);
+        set!("RECORD_CALLS", record_calls, bool);
+        set!("RING_TIMEOUT_S", ring_timeout_s, parse);
+        set!("MAX_CALL_DURATION_S", max_call_duration_s, parse);
+        set!("MACHINE_DETECTION", machine_detection, string);
+        set!("RATE_LIMIT_PER_MINUTE", rate_limit_per_minute, parse);
+        set!("MAX_BODY_BYTES", max_body_bytes, parse);
         if self.public_url.is_empty() {
             self.public_url = format!("http://localhost:{}", self.port);
         }
@@ -335,6 +405,30 @@ impl Config {
                 self.mark_interval_ms,
                 "at least 20",
             ));
+        }
+        if !matches!(
+            self.machine_detection.as_str(),
+            "none" | "Enable" | "DetectMessageEnd"
+        ) {
+            return Err(invalid(
+                "MACHINE_DETECTION",
+                &self.machine_detection,
+                "none, Enable or DetectMessageEnd",
+            ));
+        }
+        if self.rate_limit_per_minute == 0 {
+            return Err(invalid("RATE_LIMIT_PER_MINUTE", 0, "at least 1"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for a in &self.agents {
+            if a.name.is_empty() || !names.insert(a.name.as_str()) {
+                return Err(invalid("agents", &a.name, "agent names must be unique and non-empty"));
+            }
+            if let Some(v) = &a.voice
+                && !VOICES.contains(&v.as_str())
+            {
+                return Err(invalid("agents.voice", v, "not a Realtime voice"));
+            }
         }
         if self.max_frame_bytes < 1024 {
             return Err(invalid(

@@ -266,7 +266,9 @@ fn record(report: &mut DemoReport, ev: &CallEvent, t0: Instant, quiet: bool) {
             report.end_reason = Some(reason.clone());
             Some(format!("call ended ({reason})"))
         }
-        CallEventKind::ModelReady { .. } => None,
+        CallEventKind::ModelReady { .. }
+        | CallEventKind::Status { .. }
+        | CallEventKind::Recording { .. } => None,
     };
     if let Some(line) = line
         && !quiet

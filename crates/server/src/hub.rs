@@ -51,6 +51,10 @@ pub enum CallEventKind {
     },
     /// A problem worth showing (model error event, rejected truncate…).
     Warning { message: String },
+    /// Twilio reported a call status (queued, ringing, in-progress, completed…).
+    Status { status: String },
+    /// The call's recording is available.
+    Recording { sid: String, url: String },
     /// The call is over.
     Ended { reason: String },
 }
@@ -62,10 +66,13 @@ pub enum Speaker {
     Agent,
 }
 
-/// Cheap to clone; publishing never blocks (slow subscribers lag and skip).
+/// Cheap to clone; publishing never blocks. Live subscribers that fall
+/// behind skip events; the store's writer gets every event through its own
+/// unbounded queue (events are a few per second per call, never per frame).
 #[derive(Debug, Clone)]
 pub struct EventHub {
     tx: broadcast::Sender<CallEvent>,
+    persist: Option<tokio::sync::mpsc::UnboundedSender<CallEvent>>,
 }
 
 impl Default for EventHub {
@@ -78,7 +85,22 @@ impl EventHub {
     pub fn new(capacity: usize) -> Self {
         EventHub {
             tx: broadcast::channel(capacity).0,
+            persist: None,
         }
+    }
+
+    /// A hub whose events are also queued, losslessly, for the store.
+    pub fn with_persistence(
+        capacity: usize,
+    ) -> (Self, tokio::sync::mpsc::UnboundedReceiver<CallEvent>) {
+        let (ptx, prx) = tokio::sync::mpsc::unbounded_channel();
+        (
+            EventHub {
+                tx: broadcast::channel(capacity).0,
+                persist: Some(ptx),
+            },
+            prx,
+        )
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
@@ -89,11 +111,15 @@ impl EventHub {
         let at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        // No subscribers is fine.
-        let _ = self.tx.send(CallEvent {
+        let event = CallEvent {
             call_id: call_id.to_owned(),
             at_ms,
             kind,
-        });
+        };
+        if let Some(p) = &self.persist {
+            let _ = p.send(event.clone());
+        }
+        // No subscribers is fine.
+        let _ = self.tx.send(event);
     }
 }

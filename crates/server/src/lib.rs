@@ -8,10 +8,13 @@
 //! - [`hub`]: in-process call events;
 //! - [`demo`]: a whole call offline, against the emulators.
 
+pub mod agents;
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod demo;
 pub mod hub;
+pub mod persist;
 pub mod playback;
 pub mod session;
 pub mod token;

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use voxbridge::config::Config;
 use voxbridge::{App, app, demo};
 
+mod cli;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "voxbridge",
@@ -24,6 +26,46 @@ struct Cli {
 enum Command {
     /// Answer Twilio calls and bridge them to the OpenAI Realtime API.
     Serve,
+    /// Place a call through a running server and follow it live.
+    Call {
+        /// The number to call (E.164).
+        to: String,
+        /// Agent name.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Task type (appointment_reminder, survey, notification, custom…).
+        #[arg(long = "type", default_value = "custom")]
+        kind: String,
+        /// What the agent must do.
+        #[arg(long, default_value = "")]
+        prompt: String,
+        /// Facts for the agent, `key=value` (repeatable).
+        #[arg(long = "context", value_parser = parse_kv)]
+        context: Vec<(String, String)>,
+        /// Caller id (default: the server's TWILIO_PHONE_NUMBER).
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        voice: Option<String>,
+        /// Server base URL.
+        #[arg(long, env = "VOXBRIDGE_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// API key (create one with `voxbridge keys create`).
+        #[arg(long, env = "VOXBRIDGE_API_KEY", hide_env_values = true)]
+        api_key: String,
+    },
+    /// Calls in the database.
+    Calls {
+        #[command(subcommand)]
+        command: CallsCommand,
+    },
+    /// API keys for the REST API.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Create or upgrade the database schema (DATABASE_URL).
+    Migrate,
     /// Run a whole call offline: emulated Twilio caller, simulated model.
     Demo {
         /// Write every client event the model received to this JSONL file.
@@ -35,13 +77,47 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub(crate) enum CallsCommand {
+    /// Newest calls first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One call with its transcript and events.
+    Show { id: String },
+    /// Every call as JSON lines (with transcripts) on stdout.
+    Export,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum KeysCommand {
+    /// Create a key; its secret is printed once.
+    Create {
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    List,
+    /// Revoke a key by id or prefix.
+    Revoke { id: String },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // One TLS provider for every rustls user in the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let default_filter = match cli.command {
-        Command::Demo { .. } => "warn",
         Command::Serve => "info",
+        _ => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -57,6 +133,39 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve => serve(cli.config).await,
+            Command::Migrate => {
+                let config = Config::load(cli.config.as_deref())?;
+                let store = voxbridge_store::Store::connect(&config.database_url).await?;
+                store.migrate().await?;
+                println!("database {} is up to date", store.backend());
+                Ok(())
+            }
+            Command::Keys { command } => cli::keys(cli.config.as_deref(), command).await,
+            Command::Calls { command } => cli::calls(cli.config.as_deref(), command).await,
+            Command::Call {
+                to,
+                agent,
+                kind,
+                prompt,
+                context,
+                from,
+                voice,
+                url,
+                api_key,
+            } => {
+                cli::call(cli::CallArgs {
+                    to,
+                    agent,
+                    kind,
+                    prompt,
+                    context,
+                    from,
+                    voice,
+                    url,
+                    api_key,
+                })
+                .await
+            }
             Command::Demo { record, quiet } => {
                 let report = demo::run(demo::DemoOptions {
                     record_path: record,
@@ -89,7 +198,11 @@ async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, public_url = %config.public_url, model = %config.openai_model, "voxbridge serving");
-    let state = App::build(config);
+    let store = voxbridge_store::Store::connect(&config.database_url)
+        .await
+        .with_context(|| "opening DATABASE_URL".to_string())?;
+    tracing::info!(backend = store.backend(), "database ready");
+    let state = App::build_with(config, Some(store));
     app::run(state, listener, shutdown_signal()).await?;
     Ok(())
 }

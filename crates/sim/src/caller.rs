@@ -142,6 +142,13 @@ pub struct CallerConfig {
     pub omit_silence: bool,
     /// Live progress events.
     pub events: Option<UnboundedSender<CallerEvent>>,
+    /// TwiML already obtained (e.g. the `Twiml` parameter of an outbound call):
+    /// when set, the voice webhook is not requested and this is parsed instead.
+    pub twiml: Option<String>,
+    /// External hang-up (e.g. the REST API ended the call): once it holds `true`
+    /// the caller sends `stop` and closes the media socket with 1000 (reported as
+    /// [`CallEnd::Hangup`]).
+    pub hangup: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for CallerConfig {
@@ -159,6 +166,8 @@ impl Default for CallerConfig {
             script: Vec::new(),
             omit_silence: false,
             events: None,
+            twiml: None,
+            hangup: None,
         }
     }
 }
@@ -512,9 +521,21 @@ async fn http_post_form(
     headers: &[(String, String)],
     body: &str,
 ) -> Result<(u16, String), CallerError> {
+    http_request("POST", url, headers, body).await
+}
+
+/// A minimal HTTP/1.1 client (plain `http://` only): sends `method` with a
+/// form-encoded `body` (no body and no Content-Type when `body` is empty and the
+/// method is GET) and returns (status, body).
+pub(crate) async fn http_request(
+    method: &str,
+    url: &url::Url,
+    headers: &[(String, String)],
+    body: &str,
+) -> Result<(u16, String), CallerError> {
     if url.scheme() != "http" {
         return Err(CallerError::Config(format!(
-            "voice_url must be http:// (got {})",
+            "URL must be http:// (got {})",
             url.scheme()
         )));
     }
@@ -528,10 +549,14 @@ async fn http_post_form(
         .map_err(|e| CallerError::Http(format!("connect {host_port}: {e}")))?;
     let target = &url[url::Position::BeforePath..url::Position::AfterQuery];
     let mut req = format!(
-        "POST {target} HTTP/1.1\r\nHost: {host_port}\r\nUser-Agent: TwilioProxy/1.1\r\nAccept: */*\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
+        "{method} {target} HTTP/1.1\r\nHost: {host_port}\r\nUser-Agent: TwilioProxy/1.1\r\nAccept: */*\r\nConnection: close\r\n"
     );
+    if method != "GET" || !body.is_empty() {
+        req.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -784,7 +809,13 @@ pub async fn run_call_with(
     cfg: CallerConfig,
     opts: RunOptions,
 ) -> Result<CallerReport, CallerError> {
-    let (twiml, stream_url, params) = fetch_twiml(&cfg).await?;
+    let (twiml, stream_url, params) = match &cfg.twiml {
+        Some(t) => {
+            let (u, p) = parse_connect_stream(t)?;
+            (t.clone(), u, p)
+        }
+        None => fetch_twiml(&cfg).await?,
+    };
     cfg.emit(CallerEvent::Twiml(twiml.clone()));
     let connect_url = match &cfg.connect_base {
         Some(base) => {
@@ -848,6 +879,17 @@ pub async fn run_call_with(
     };
     cfg.emit(CallerEvent::Closed { code, reason });
     Ok(s.report)
+}
+
+/// Resolves once the external hang-up signal holds `true`; never without one
+/// (or after its sender is gone).
+async fn wait_hangup(rx: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    if let Some(r) = rx
+        && r.wait_for(|v| *v).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending::<()>().await;
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
@@ -969,8 +1011,14 @@ impl<'a> Session<'a> {
         let period = Duration::from_millis(FRAME_MS);
         let mut ticker = tokio::time::interval_at(self.t0 + period, period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut hangup_rx = self.cfg.hangup.clone();
         loop {
             tokio::select! {
+                () = wait_hangup(&mut hangup_rx) => {
+                    self.push_stop();
+                    self.hangup(ws).await;
+                    return CallEnd::Hangup;
+                }
                 _ = ticker.tick() => {
                     let now = self.now();
                     self.advance(now);

@@ -7,3 +7,4 @@
 
 pub mod caller;
 pub mod realtime;
+pub mod twilio_api;

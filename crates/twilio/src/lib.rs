@@ -4,5 +4,6 @@
 //! from the frame so the bridge can relay it without copying or decoding.
 
 pub mod media;
+pub mod rest;
 pub mod signature;
 pub mod twiml;

@@ -1,0 +1,844 @@
+//! One suite, two backends: every test below runs on SQLite (a temp file) always, and on
+//! PostgreSQL when `VOXBRIDGE_TEST_PG_URL` is set (an admin URL; each test creates and then
+//! drops its own database). Start a local server with `eval "$(scripts/pg.sh start)"`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use serde_json::json;
+use sqlx::Connection as _;
+use voxbridge_store::{CallFilter, NewCall, NewToolCall, StatusChange, Store, StoreError};
+
+type TestResult = Result<(), StoreError>;
+
+/// A fresh database for one test.
+#[derive(Clone)]
+struct TestDb {
+    store: Store,
+    url: String,
+}
+
+enum Cleanup {
+    Sqlite(PathBuf),
+    Postgres { admin_url: String, db: String },
+}
+
+fn random_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+async fn sqlite_db() -> (TestDb, Cleanup) {
+    let path = std::env::temp_dir().join(format!("voxbridge-store-test-{}.db", random_suffix()));
+    let url = format!("sqlite://{}", path.display());
+    let store = Store::connect(&url).await.expect("connect sqlite");
+    (TestDb { store, url }, Cleanup::Sqlite(path))
+}
+
+/// `admin` with its database name replaced by `db` (query string kept).
+fn pg_url_for(admin: &str, db: &str) -> String {
+    let (base, query) = match admin.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (admin, None),
+    };
+    let (scheme, rest) = base.split_once("://").expect("a postgres:// URL");
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let mut url = format!("{scheme}://{authority}/{db}");
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+async fn pg_db() -> Option<(TestDb, Cleanup)> {
+    let admin_url = std::env::var("VOXBRIDGE_TEST_PG_URL")
+        .ok()
+        .filter(|v| !v.is_empty())?;
+    let db = format!("vbtest_{}", random_suffix());
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to VOXBRIDGE_TEST_PG_URL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    admin.close().await.ok();
+    let url = pg_url_for(&admin_url, &db);
+    let store = Store::connect(&url).await.expect("connect postgres");
+    Some((TestDb { store, url }, Cleanup::Postgres { admin_url, db }))
+}
+
+async fn cleanup(db: TestDb, c: Cleanup) {
+    db.store.close().await;
+    match c {
+        Cleanup::Sqlite(path) => {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = path.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Cleanup::Postgres { admin_url, db } => {
+            if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                let sql = format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)");
+                if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut admin)
+                    .await
+                {
+                    eprintln!("could not drop {db}: {e}");
+                }
+                admin.close().await.ok();
+            }
+        }
+    }
+}
+
+/// Runs a test on a spawned task so that a panic still lets the database be cleaned up.
+async fn run<F, Fut>(db: TestDb, c: Cleanup, test: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = TestResult> + Send + 'static,
+{
+    let outcome = tokio::spawn(test(db.clone())).await;
+    cleanup(db, c).await;
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("test failed: {e}"),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (db, c) = super::sqlite_db().await;
+                    super::run(db, c, super::$name).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some((db, c)) = super::pg_db().await else {
+                        eprintln!("VOXBRIDGE_TEST_PG_URL is not set: skipping the PostgreSQL \
+                                   variant (start one with scripts/pg.sh start)");
+                        return;
+                    };
+                    super::run(db, c, super::$name).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    create_and_get,
+    idempotency_conflict_and_lookup,
+    duplicate_id_conflicts,
+    twilio_and_stream_sids,
+    status_history_and_terminal_rule,
+    finish_call_first_reason_wins,
+    usage_increments,
+    recording_and_answered_by,
+    updates_on_unknown_call_are_not_found,
+    list_calls_filters,
+    list_calls_pagination_with_equal_timestamps,
+    list_calls_bad_cursor_and_limit_clamp,
+    transcript_concurrent_inserts,
+    events_round_trip,
+    tool_calls_round_trip,
+    api_keys_lifecycle,
+    migrations_are_idempotent,
+);
+
+// ---------------------------------------------------------------------------------------------
+
+fn new_call(id: &str, created_at_ms: i64) -> NewCall {
+    NewCall {
+        id: id.to_owned(),
+        direction: "outbound".to_owned(),
+        from_number: "+15550001111".to_owned(),
+        to_number: "+15550002222".to_owned(),
+        agent: "support".to_owned(),
+        task: None,
+        status: "queued".to_owned(),
+        api_key_id: None,
+        idempotency_key: None,
+        created_at_ms,
+    }
+}
+
+fn call_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+async fn create_and_get(db: TestDb) -> TestResult {
+    let s = &db.store;
+    let id = call_id();
+    let mut new = new_call(&id, 1_000);
+    new.task = Some(json!({"goal": "book a table", "party": 4, "names": ["Ann", "Bo"]}));
+    new.direction = "inbound".into();
+    let created = s.create_call(&new).await?;
+    assert_eq!(created.id, id);
+    assert_eq!(created.direction, "inbound");
+    assert_eq!(created.task, new.task);
+    assert_eq!(created.status, "queued");
+    assert_eq!(
+        created.status_history,
+        vec![StatusChange {
+            status: "queued".into(),
+            at_ms: 1_000
+        }]
+    );
+    assert_eq!(created.created_at_ms, 1_000);
+    assert_eq!(
+        (
+            created.input_tokens,
+            created.output_tokens,
+            created.cached_tokens
+        ),
+        (0, 0, 0)
+    );
+    assert!(created.twilio_call_sid.is_none() && created.ended_at_ms.is_none());
+
+    let got = s.get_call(&id).await?.expect("stored");
+    assert_eq!(got, created);
+    assert!(s.get_call("no-such-call").await?.is_none());
+
+    let mut bad = new_call(&call_id(), 1);
+    bad.direction = "sideways".into();
+    assert!(matches!(
+        s.create_call(&bad).await,
+        Err(StoreError::Invalid(_))
+    ));
+    Ok(())
+}
+
+async fn idempotency_conflict_and_lookup(db: TestDb) -> TestResult {
+    let s = &db.store;
+    let mut a = new_call(&call_id(), 10);
+    a.api_key_id = Some("key-1".into());
+    a.idempotency_key = Some("idem-1".into());
+    let first = s.create_call(&a).await?;
+
+    let mut b = new_call(&call_id(), 11);
+    b.api_key_id = Some("key-1".into());
+    b.idempotency_key = Some("idem-1".into());
+    match s.create_call(&b).await {
+        Err(StoreError::Conflict(msg)) => assert!(msg.contains("idempotency"), "{msg}"),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    assert!(s.get_call(&b.id).await?.is_none());
+
+    // same idempotency key under another API key, and calls without keys: fine
+    b.api_key_id = Some("key-2".into());
+    s.create_call(&b).await?;
+    s.create_call(&new_call(&call_id(), 12)).await?;
+    s.create_call(&new_call(&call_id(), 13)).await?;
+
+    assert_eq!(
+        s.call_by_idempotency_key("key-1", "idem-1").await?,
+        Some(first)
+    );
+    assert_eq!(
+        s.call_by_idempotency_key("key-2", "idem-1")
+            .await?
+            .map(|c| c.id),
+        Some(b.id)
+    );
+    assert!(
+        s.call_by_idempotency_key("key-3", "idem-1")
+            .await?
+            .is_none()
+    );
+    Ok(())
+}
+
+async fn duplicate_id_conflicts(db: TestDb) -> TestResult {
+    let s = &db.store;
+    let id = call_id();
+    s.create_call(&new_call(&id, 1)).await?;
+    assert!(matches!(
+        s.create_call(&new_call(&id, 2)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    Ok(())
+}
+
+async fn twilio_and_stream_sids(db: TestDb) -> TestResult {
+    let s = &db.store;
+    let (a, b) = (call_id(), call_id());
+    s.create_call(&new_call(&a, 1)).await?;
+    s.create_call(&new_call(&b, 2)).await?;
+    s.set_twilio_sid(&a, "CA123").await?;
+    s.set_stream_sid(&a, "MZ456").await?;
+    let got = s.call_by_twilio_sid("CA123").await?.expect("by sid");
+    assert_eq!(got.id, a);
+    assert_eq!(got.stream_sid.as_deref(), Some("MZ456"));
+    assert!(s.call_by_twilio_sid("CA999").await?.is_none());
+    assert!(matches!(
+        s.set_twilio_sid(&b, "CA123").await,
+        Err(StoreError::Conflict(_))
+    ));
+    Ok(())
+}
+
+async fn status_history_and_terminal_rule(db: TestDb) -> TestResult {
+    let s = &db.store;
+    let id = call_id();
+    s.create_call(&new_call(&id, 100)).await?;
+    let r = s.update_status(&id, "ringing", 200).await?;
+    assert_eq!(r.status, "ringing");
+    assert!(r.answered_at_ms.is_none());
+    let r = s.update_status(&id, "in-progress", 300).await?;
+    assert_eq!(r.status, "in-progress");
+    assert_eq!(r.answered_at_ms, Some(300));
+    // a second in-progress does not move answered_at_ms
+    let r = s.update_status(&id, "in-progress", 350).await?;
+    assert_eq!(r.answered_at_ms, Some(300));
+    let r = s.update_status(&id, "completed", 400).await?;
+    assert_eq!(r.status, "completed");
+    // terminal: history grows, status stays
+    let r = s.update_status(&id, "ringing", 500).await?;
+    assert_eq!(r.status, "completed");
+    let r = s.update_status(&id, "failed", 600).await?;
+    assert_eq!(r.status, "completed");
+    let hist: Vec<(&str, i64)> = r
+        .status_history
+        .iter()
+        .map(|c| (c.status.as_str(), c.at_ms))
+        .collect();
+    assert_eq!(
+        hist,
+        vec![
+            ("queued", 100),
+            ("ringing", 200),
+            ("in-progress", 300),
+            ("in-progress", 350),
+            ("completed", 400),
+            ("ringing", 500),
+            ("failed", 600),
+        ]
+    );
+    assert_eq!(s.get_call(&id).await?.expect("call"), r);
+
+    // in-progress after a terminal status does not set answered_at_ms
+    let id2 = call_id();
+    s.create_call(&new_call(&id2, 1)).await?;
+    s.update_status(&id2, "no-answer", 2).await?;
+    let r = s.update_status(&id2, "in-progress", 3).await?;
+    assert_eq!((r.status.as_str(), r.answered_at_ms), ("no-answer", None));
+
+    // strings that need escaping survive the JSON history on both backends
+    let r = s.update_status(&id2, "we\"ird\\ one", 4).await?;
+    assert_eq!(
+        r.status_history.last().map(|c| c.status.as_str()),
+        Some("we\"ird\\ one")
+    );
+
+    assert!(matches!(
+        s.update_status("missing", "ringing", 1).await,
+        Err(StoreError::NotFound)
+    ));
+
+    // concurrent updates: none lost
+    let id3 = call_id();
+    s.create_call(&new_call(&id3, 0)).await?;
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let s = s.clone();
+        let id3 = id3.clone();
+        tasks.push(tokio::spawn(async move {
+            s.update_status(&id3, "ringing", i + 1).await.map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join")?;
+    }
+    let r = s.get_call(&id3).await?.expect("call");
+    assert_eq!(r.status_history.len(), 11);
+    Ok(())
+}
+
+async fn finish_call_first_reason_wins(db: TestDb) -> TestResult {
+    let s = &db.store;
+    let id = call_id();
+    s.create_call(&new_call(&id, 1)).await?;
+    s.finish_call(&id, Some("agent_hangup"), 5_000, None)
+        .await?;
+    s.finish_call(&id, Some("twilio_completed"), 6_000, Some(42))
+        .await?;
+    s.finish_call(&id, None, 7_000, None).await?;
+    let r = s.get_call(&id).await?.expect("call");
+    assert_eq!(r.end_reason.as_deref(), Some("agent_hangup"));
+    assert_eq!(r.ended_at_ms, Some(5_000));
+    assert_eq!(r.duration_s, Some(42));
+
+    // a first finish without a reason lets a later one set it
+    let id2 = call_id();
+    s.create_call(&new_call(&id2, 1)).await?;
+    s.finish_call(&id2, None, 10, None).await?;
+    s.finish_call(&id2, Some("caller_hangup"), 20, None).await?;
+    let r = s.get_call(&id2).await?.expect("call");
+    assert_eq!(r.end_reason.as_deref(), Some("caller_hangup"));
+    assert_eq!(r.ended_at_ms, Some(10));
+    assert_eq!(r.duration_s, None);
+    Ok(())
+}
+
+async fn usage_increments(db: TestDb) -> TestResult {
+    let s = &db.store;
+    let id = call_id();
+    s.create_call(&new_call(&id, 1)).await?;
+    s.add_usage(&id, 100, 50, 10).await?;
+    s.add_usage(&id, 1, 2, 3).await?;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let s = s.clone();
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move { s.add_usage(&id, 1, 1, 1).await }));
+    }
+    for t in tasks {
+        t.await.expect("join")?;
+    }
+    let r = s.get_call(&id).await?.expect("call");
+    assert_eq!(
+        (r.input_tokens, r.output_tokens, r.cached_tokens),
+        (111, 62, 23)
+    );
+    // large values stay exact (i64 on both backends)
+    s.add_usage(&id, 5_000_000_000, 0, 0).await?;
+    let r = s.get_call(&id).await?.expect("call");
+    assert_eq!(r.input_tokens, 5_000_000_111);
+    Ok(())
+}
+
+async fn recording_and_answered_by(db: TestDb) -> TestResult {
+    let s = &db.store;
+    let id = call_id();
+    s.create_call(&new_call(&id, 1)).await?;
+    s.set_answered_by(&id, "machine_end_beep").await?;
+    s.set_recording(&id, "RE1", "https://api.twilio.com/rec/RE1", Some(93))
+        .await?;
+    let r = s.get_call(&id).await?.expect("call");
+    assert_eq!(r.answered_by.as_deref(), Some("machine_end_beep"));
+    assert_eq!(r.recording_sid.as_deref(), Some("RE1"));
+    assert_eq!(
+        r.recording_url.as_deref(),
+        Some("https://api.twilio.com/rec/RE1")
+    );
+    assert_eq!(r.recording_duration_s, Some(93));
+    Ok(())
+}
+
+async fn updates_on_unknown_call_are_not_found(db: TestDb) -> TestResult {
+    let s = &db.store;
+    let nf = |r: Result<(), StoreError>| matches!(r, Err(StoreError::NotFound));
+    assert!(nf(s.set_twilio_sid("x", "CA1").await));
+    assert!(nf(s.set_stream_sid("x", "MZ1").await));
+    assert!(nf(s.set_answered_by("x", "human").await));
+    assert!(nf(s.finish_call("x", Some("r"), 1, None).await));
+    assert!(nf(s.add_usage("x", 1, 1, 1).await));
+    assert!(nf(s.set_recording("x", "RE", "u", None).await));
+    assert!(nf(s
+        .add_transcript("x", "agent", "hi", None, None, 1)
+        .await));
+    assert!(nf(s.add_event("x", "k", &json!({}), 1).await));
+    let t = NewToolCall {
+        name: "n".into(),
+        arguments: "{}".into(),
+        result: "{}".into(),
+        ok: true,
+        duration_ms: 1,
+        at_ms: 1,
+    };
+    assert!(nf(s.add_tool_call("x", &t).await));
+    Ok(())
+}
+
+async fn list_calls_filters(db: TestDb) -> TestResult {
+    let s = &db.store;
+    let mut ids = Vec::new();
+    for i in 0..6i64 {
+        let id = format!("call-{i}");
+        let mut c = new_call(&id, 1_000 + i * 10);
+        if i % 2 == 0 {
+            c.direction = "inbound".into();
+        }
+        if i == 3 {
+            c.from_number = "+15559990000".into();
+        }
+        if i == 4 {
+            c.to_number = "+15559990000".into();
+        }
+        s.create_call(&c).await?;
+        ids.push(id);
+    }
+    s.update_status("call-1", "completed", 2_000).await?;
+    s.update_status("call-2", "completed", 2_000).await?;
+
+    let list = |f: CallFilter| async move {
+        let page = s.list_calls(&f, None, 200).await?;
+        assert!(page.next_cursor.is_none());
+        Ok::<_, StoreError>(page.calls.into_iter().map(|c| c.id).collect::<Vec<_>>())
+    };
+    assert_eq!(
+        list(CallFilter::default()).await?,
+        ["call-5", "call-4", "call-3", "call-2", "call-1", "call-0"]
+    );
+    assert_eq!(
+        list(CallFilter {
+            status: Some("completed".into()),
+            ..Default::default()
+        })
+        .await?,
+        ["call-2", "call-1"]
+    );
+    assert_eq!(
+        list(CallFilter {
+            direction: Some("inbound".into()),
+            ..Default::default()
+        })
+        .await?,
+        ["call-4", "call-2", "call-0"]
+    );
+    assert_eq!(
+        list(CallFilter {
+            number: Some("+15559990000".into()),
+            ..Default::default()
+        })
+        .await?,
+        ["call-4", "call-3"]
+    );
+    assert_eq!(
+        list(CallFilter {
+            created_after_ms: Some(1_020),
+            created_before_ms: Some(1_040),
+            ..Default::default()
+        })
+        .await?,
+        ["call-3", "call-2"]
+    );
+    assert_eq!(
+        list(CallFilter {
+            status: Some("completed".into()),
+            direction: Some("inbound".into()),
+            ..Default::default()
+        })
+        .await?,
+        ["call-2"]
+    );
+    assert!(
+        list(CallFilter {
+            number: Some("+10000000000".into()),
+            ..Default::default()
+        })
+        .await?
+        .is_empty()
+    );
+    Ok(())
+}
+
+async fn list_calls_pagination_with_equal_timestamps(db: TestDb) -> TestResult {
+    let s = &db.store;
+    // 23 calls, many sharing a timestamp: 7 at t=100, 9 at t=200, 7 at t=300
+    let mut expected = Vec::new();
+    for i in 0..23 {
+        let ts = match i {
+            0..7 => 100,
+            7..16 => 200,
+            _ => 300,
+        };
+        let id = format!("c{:02}-{}", (i * 7) % 23, call_id());
+        s.create_call(&new_call(&id, ts)).await?;
+        expected.push((ts, id));
+    }
+    expected.sort_by(|a, b| b.cmp(a));
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+
+    for page_size in [1u32, 4, 5, 7, 23, 50] {
+        let mut got = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let page = s
+                .list_calls(&CallFilter::default(), cursor.as_deref(), page_size)
+                .await?;
+            assert!(page.calls.len() <= page_size as usize);
+            got.extend(page.calls.into_iter().map(|c| c.id));
+            pages += 1;
+            assert!(pages <= 30, "pagination does not terminate");
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(got, expected, "page size {page_size}");
+        let unique: HashSet<&String> = got.iter().collect();
+        assert_eq!(unique.len(), 23);
+    }
+
+    // pagination combined with a filter
+    let f = CallFilter {
+        created_before_ms: Some(300),
+        ..Default::default()
+    };
+    let p1 = s.list_calls(&f, None, 10).await?;
+    assert_eq!(p1.calls.len(), 10);
+    let p2 = s.list_calls(&f, p1.next_cursor.as_deref(), 10).await?;
+    assert_eq!(p2.calls.len(), 6);
+    assert!(p2.next_cursor.is_none());
+    Ok(())
+}
+
+async fn list_calls_bad_cursor_and_limit_clamp(db: TestDb) -> TestResult {
+    let s = &db.store;
+    for i in 0..3 {
+        s.create_call(&new_call(&call_id(), i)).await?;
+    }
+    for bad in ["not base64!", "bm9jb2xvbg", "YWJjOmRlZg", ""] {
+        // "nocolon", "abc:def"
+        assert!(
+            matches!(
+                s.list_calls(&CallFilter::default(), Some(bad), 10).await,
+                Err(StoreError::InvalidCursor)
+            ),
+            "{bad:?}"
+        );
+    }
+    // limit 0 is clamped to 1
+    let page = s.list_calls(&CallFilter::default(), None, 0).await?;
+    assert_eq!(page.calls.len(), 1);
+    assert!(page.next_cursor.is_some());
+    // huge limits are clamped to 200 (and still return everything here)
+    let page = s.list_calls(&CallFilter::default(), None, u32::MAX).await?;
+    assert_eq!(page.calls.len(), 3);
+    Ok(())
+}
+
+async fn transcript_concurrent_inserts(db: TestDb) -> TestResult {
+    let s = &db.store;
+    let id = call_id();
+    s.create_call(&new_call(&id, 1)).await?;
+    let other = call_id();
+    s.create_call(&new_call(&other, 1)).await?;
+    s.add_transcript(&other, "caller", "other call", None, None, 1)
+        .await?;
+
+    let mut tasks = Vec::new();
+    for t in 0..10i64 {
+        let s = s.clone();
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            for k in 0..5i64 {
+                let speaker = if t % 2 == 0 { "caller" } else { "agent" };
+                s.add_transcript(
+                    &id,
+                    speaker,
+                    &format!("task {t} line {k}"),
+                    Some(k * 100),
+                    Some(k * 100 + 50),
+                    t * 1_000 + k,
+                )
+                .await?;
+            }
+            Ok::<_, StoreError>(())
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join")?;
+    }
+    let items = s.transcript(&id).await?;
+    assert_eq!(items.len(), 50);
+    let seqs: Vec<i64> = items.iter().map(|i| i.seq).collect();
+    assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
+    // each task's own lines keep their order
+    for t in 0..10 {
+        let mine: Vec<&str> = items
+            .iter()
+            .filter(|i| i.text.starts_with(&format!("task {t} ")))
+            .map(|i| i.text.as_str())
+            .collect();
+        let want: Vec<String> = (0..5).map(|k| format!("task {t} line {k}")).collect();
+        assert_eq!(mine, want);
+    }
+    let first = items
+        .iter()
+        .find(|i| i.text == "task 3 line 2")
+        .expect("line");
+    assert_eq!(
+        (
+            first.speaker.as_str(),
+            first.start_ms,
+            first.end_ms,
+            first.at_ms
+        ),
+        ("agent", Some(200), Some(250), 3_002)
+    );
+
+    let o = s.transcript(&other).await?;
+    assert_eq!(o.len(), 1);
+    assert_eq!((o[0].seq, o[0].text.as_str()), (1, "other call"));
+    assert!(s.transcript("missing").await?.is_empty());
+    assert!(matches!(
+        s.add_transcript(&id, "robot", "x", None, None, 1).await,
+        Err(StoreError::Invalid(_))
+    ));
+    Ok(())
+}
+
+async fn events_round_trip(db: TestDb) -> TestResult {
+    let s = &db.store;
+    let id = call_id();
+    s.create_call(&new_call(&id, 1)).await?;
+    let d1 = json!({"type": "stream_started", "stream_sid": "MZ1", "n": 1.5, "nested": {"a": [1, null, "x"]}});
+    let d2 = json!("just a string with \"quotes\" and unicode é ☎");
+    s.add_event(&id, "stream_started", &d1, 10).await?;
+    s.add_event(&id, "note", &d2, 5).await?;
+    s.add_event(&id, "empty", &json!(null), 20).await?;
+    let ev = s.events(&id).await?;
+    assert_eq!(ev.len(), 3);
+    assert_eq!(
+        (ev[0].kind.as_str(), &ev[0].data, ev[0].at_ms),
+        ("stream_started", &d1, 10)
+    );
+    assert_eq!(
+        (ev[1].kind.as_str(), &ev[1].data, ev[1].at_ms),
+        ("note", &d2, 5)
+    );
+    assert_eq!(ev[2].data, json!(null));
+    assert!(s.events("missing").await?.is_empty());
+    Ok(())
+}
+
+async fn tool_calls_round_trip(db: TestDb) -> TestResult {
+    let s = &db.store;
+    let id = call_id();
+    s.create_call(&new_call(&id, 1)).await?;
+    let a = NewToolCall {
+        name: "end_call".into(),
+        arguments: r#"{"reason":"done"}"#.into(),
+        result: r#"{"ok":true}"#.into(),
+        ok: true,
+        duration_ms: 3,
+        at_ms: 100,
+    };
+    let b = NewToolCall {
+        name: "http_lookup".into(),
+        arguments: "{}".into(),
+        result: "timeout".into(),
+        ok: false,
+        duration_ms: 5_000,
+        at_ms: 200,
+    };
+    s.add_tool_call(&id, &a).await?;
+    s.add_tool_call(&id, &b).await?;
+    let got = s.tool_calls(&id).await?;
+    assert_eq!(got.len(), 2);
+    assert!(got[0].id < got[1].id);
+    for (g, w) in got.iter().zip([&a, &b]) {
+        assert_eq!(
+            (
+                &g.name,
+                &g.arguments,
+                &g.result,
+                g.ok,
+                g.duration_ms,
+                g.at_ms
+            ),
+            (
+                &w.name,
+                &w.arguments,
+                &w.result,
+                w.ok,
+                w.duration_ms,
+                w.at_ms
+            )
+        );
+    }
+    assert!(s.tool_calls("missing").await?.is_empty());
+    Ok(())
+}
+
+async fn api_keys_lifecycle(db: TestDb) -> TestResult {
+    let s = &db.store;
+    let (k1, secret1) = s.create_api_key("ci").await?;
+    let (k2, secret2) = s.create_api_key("dashboard").await?;
+    assert!(secret1.starts_with("vbk_"));
+    assert_eq!(secret1.len(), 4 + 43);
+    assert_eq!(k1.prefix, &secret1[..12]);
+    assert_ne!(secret1, secret2);
+    assert_ne!(k1.id, k2.id);
+    assert_eq!(k1.name, "ci");
+    assert!(k1.revoked_at_ms.is_none() && k1.last_used_at_ms.is_none());
+
+    // verify, and last_used_at_ms is set once, then not rewritten within a minute
+    let v = s.verify_api_key(&secret1).await?.expect("valid key");
+    assert_eq!(v.id, k1.id);
+    let used = v.last_used_at_ms.expect("last used set");
+    let v2 = s.verify_api_key(&secret1).await?.expect("valid key");
+    assert_eq!(v2.last_used_at_ms, Some(used));
+
+    // unknown, malformed and near-miss secrets fail
+    assert!(s.verify_api_key("vbk_nope").await?.is_none());
+    assert!(s.verify_api_key("").await?.is_none());
+    assert!(
+        s.verify_api_key(&secret1[..secret1.len() - 1])
+            .await?
+            .is_none()
+    );
+    assert!(s.verify_api_key(&secret1.to_uppercase()).await?.is_none());
+    assert!(s.verify_api_key(&"vbk_x".repeat(1000)).await?.is_none());
+
+    // list: both, no secrets
+    let keys = s.list_api_keys().await?;
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0].id, k1.id);
+    assert_eq!(keys[0].last_used_at_ms, Some(used));
+    assert_eq!(keys[1].id, k2.id);
+    let listed = serde_json::to_string(&keys).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    assert!(!listed.contains(&secret1) && !listed.contains(&secret2));
+
+    // revoke by prefix, then by id
+    assert!(s.revoke_api_key(&k1.prefix).await?);
+    assert!(s.verify_api_key(&secret1).await?.is_none());
+    assert!(!s.revoke_api_key(&k1.prefix).await?, "already revoked");
+    assert!(s.verify_api_key(&secret2).await?.is_some());
+    assert!(s.revoke_api_key(&k2.id).await?);
+    assert!(s.verify_api_key(&secret2).await?.is_none());
+    assert!(!s.revoke_api_key("vbk_unknown").await?);
+
+    let keys = s.list_api_keys().await?;
+    assert!(keys.iter().all(|k| k.revoked_at_ms.is_some()));
+    Ok(())
+}
+
+async fn migrations_are_idempotent(db: TestDb) -> TestResult {
+    let s = &db.store;
+    let id = call_id();
+    s.create_call(&new_call(&id, 1)).await?;
+    s.migrate().await?;
+    let again = Store::connect(&db.url).await?;
+    assert_eq!(again.backend(), s.backend());
+    again.migrate().await?;
+    assert!(again.get_call(&id).await?.is_some());
+    again.close().await;
+    Ok(())
+}
+
+#[test]
+fn pg_url_replaces_the_database() {
+    assert_eq!(
+        pg_url_for("postgres://postgres@127.0.0.1:55432/postgres", "vbtest_x"),
+        "postgres://postgres@127.0.0.1:55432/vbtest_x"
+    );
+    assert_eq!(
+        pg_url_for("postgresql://u:p@h/db?sslmode=disable", "t"),
+        "postgresql://u:p@h/t?sslmode=disable"
+    );
+    assert_eq!(pg_url_for("postgres://h:1", "t"), "postgres://h:1/t");
+}
