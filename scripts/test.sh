@@ -22,6 +22,14 @@ fi
 "$PY" -m pip install --quiet --disable-pip-version-check -r conformance/requirements.txt
 "$PY" -c 'import twilio, openai, pydantic; print("twilio", twilio.__version__, "| openai", openai.__version__, "| pydantic", pydantic.VERSION)'
 
+step "PostgreSQL for the store and end-to-end tests (scripts/pg.sh)"
+if [[ -z "${VOXBRIDGE_TEST_PG_URL:-}" ]]; then
+    eval "$(bash scripts/pg.sh start)"
+fi
+echo "VOXBRIDGE_TEST_PG_URL=$VOXBRIDGE_TEST_PG_URL"
+# the official twilio package signs webhooks for one end-to-end test
+export VOXBRIDGE_PYTHON="$PY"
+
 step "2/7 cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
 
@@ -35,6 +43,8 @@ cargo test --workspace
 step "4/7 Twilio signatures + TwiML vs the official twilio package"
 cargo run -q -p voxbridge-twilio --example conformance_vectors > "$CONF_DIR/twilio_vectors.json"
 "$PY" conformance/check_twilio.py "$CONF_DIR/twilio_vectors.json"
+cargo build -q -p voxbridge-twilio --example capture_create_call
+"$PY" conformance/check_create_call.py target/debug/examples/capture_create_call
 
 step "5/7 OpenAI Realtime client events vs the openai SDK models (strict)"
 "$PY" conformance/check_realtime_events.py --self-test

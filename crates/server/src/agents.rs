@@ -45,7 +45,10 @@ impl Agents {
     pub fn from_config(c: &Config) -> Self {
         let resolve = |a: &AgentConfig| Agent {
             name: a.name.clone(),
-            instructions: a.instructions.clone().unwrap_or_else(|| c.instructions.clone()),
+            instructions: a
+                .instructions
+                .clone()
+                .unwrap_or_else(|| c.instructions.clone()),
             voice: a.voice.clone().unwrap_or_else(|| c.voice.clone()),
             model: a.model.clone().unwrap_or_else(|| c.openai_model.clone()),
             greeting: a.greeting.clone().unwrap_or_else(|| c.greeting.clone()),

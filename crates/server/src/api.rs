@@ -61,19 +61,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 "expected Content-Type: application/json",
             ));
         }
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e: BytesRejection| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "PAYLOAD_TOO_LARGE",
-                        "request body too large",
-                    )
-                } else {
-                    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_BODY", e.body_text())
-                }
-            })?;
+        let bytes =
+            axum::body::Bytes::from_request(req, state)
+                .await
+                .map_err(|e: BytesRejection| {
+                    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "PAYLOAD_TOO_LARGE",
+                            "request body too large",
+                        )
+                    } else {
+                        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_BODY", e.body_text())
+                    }
+                })?;
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
             let code = if e.is_syntax() || e.is_eof() {
                 "INVALID_JSON"
@@ -392,7 +393,11 @@ pub async fn create_call(
             ),
         ));
     }
-    let from = match req.from.as_deref().or(state.config.twilio_phone_number.as_deref()) {
+    let from = match req
+        .from
+        .as_deref()
+        .or(state.config.twilio_phone_number.as_deref())
+    {
         Some(f) => parse_e164(f).map_err(|_| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -572,7 +577,9 @@ pub async fn list_calls(
             "limit must be 1..=200",
         ));
     }
-    let page = store.list_calls(&filter, p.cursor.as_deref(), limit).await?;
+    let page = store
+        .list_calls(&filter, p.cursor.as_deref(), limit)
+        .await?;
     Ok(Json(CallList {
         calls: page.calls.iter().map(CallView::from).collect(),
         next_cursor: page.next_cursor,
@@ -650,7 +657,11 @@ pub async fn get_transcript(
         "txt" => {
             let mut text = String::new();
             for t in items {
-                let who = if t.speaker == "agent" { "Agent" } else { "Caller" };
+                let who = if t.speaker == "agent" {
+                    "Agent"
+                } else {
+                    "Caller"
+                };
                 text.push_str(&format!("[{}] {who}: {}\n", iso(t.at_ms), t.text));
             }
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())

@@ -128,7 +128,8 @@ impl App {
         }
         let twilio = twilio_client(&config);
         let quota = governor::Quota::per_minute(
-            std::num::NonZeroU32::new(config.rate_limit_per_minute).unwrap_or(std::num::NonZeroU32::MIN),
+            std::num::NonZeroU32::new(config.rate_limit_per_minute)
+                .unwrap_or(std::num::NonZeroU32::MIN),
         );
         AppState(Arc::new(App {
             agents: Agents::from_config(&config),
@@ -179,9 +180,7 @@ impl App {
         }
     }
 
-    fn preconnected(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Preconnected>> {
+    fn preconnected(&self) -> std::sync::MutexGuard<'_, HashMap<String, Preconnected>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.preconnected
             .lock()
@@ -394,7 +393,11 @@ async fn voice(
     let (call_id, settings) = match (&outbound_id, &state.store) {
         (Some(id), Some(store)) => {
             let call = store.get_call(id).await?.ok_or_else(|| {
-                ApiError::new(StatusCode::NOT_FOUND, "CALL_NOT_FOUND", format!("no call {id:?}"))
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "CALL_NOT_FOUND",
+                    format!("no call {id:?}"),
+                )
             })?;
             if call.twilio_call_sid.is_none() && !param("CallSid").is_empty() {
                 store.set_twilio_sid(id, &param("CallSid")).await?;
@@ -425,7 +428,10 @@ async fn voice(
                     store.set_twilio_sid(&id, &param("CallSid")).await?;
                 }
             }
-            (id, Arc::new(settings_for(&state.config, agent, None, None, None)))
+            (
+                id,
+                Arc::new(settings_for(&state.config, agent, None, None, None)),
+            )
         }
     };
     let stream_token = token::stream_token(&state.stream_secret, &call_id, token::now_ms());

@@ -31,9 +31,16 @@ pub async fn keys(config: Option<&Path>, cmd: KeysCommand) -> anyhow::Result<()>
             println!("secret (shown once, store it now): {secret}");
         }
         KeysCommand::List => {
-            println!("{:<38} {:<16} {:<14} {:<26} status", "id", "name", "prefix", "created");
+            println!(
+                "{:<38} {:<16} {:<14} {:<26} status",
+                "id", "name", "prefix", "created"
+            );
             for k in store.list_api_keys().await? {
-                let status = if k.revoked_at_ms.is_some() { "revoked" } else { "active" };
+                let status = if k.revoked_at_ms.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
                 println!(
                     "{:<38} {:<16} {:<14} {:<26} {status}",
                     k.id,
@@ -86,7 +93,11 @@ pub async fn calls(config: Option<&Path>, cmd: CallsCommand) -> anyhow::Result<(
             };
             println!("call {} ({}, agent {})", c.id, c.direction, c.agent);
             println!("  {} -> {}", c.from_number, c.to_number);
-            println!("  status {} ({})", c.status, c.end_reason.as_deref().unwrap_or("-"));
+            println!(
+                "  status {} ({})",
+                c.status,
+                c.end_reason.as_deref().unwrap_or("-")
+            );
             for s in &c.status_history {
                 println!("    {}  {}", iso(s.at_ms), s.status);
             }
@@ -150,10 +161,9 @@ pub async fn call(args: CallArgs) -> anyhow::Result<()> {
         bail!("--url must start with http:// or https://");
     };
     let mut request = format!("{ws_base}/v1/events").into_client_request()?;
-    request.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {}", args.api_key).parse()?,
-    );
+    request
+        .headers_mut()
+        .insert("Authorization", format!("Bearer {}", args.api_key).parse()?);
     let (mut events, _) = tokio_tungstenite::connect_async(request)
         .await
         .context("connecting to /v1/events")?;
@@ -202,7 +212,10 @@ pub async fn call(args: CallArgs) -> anyhow::Result<()> {
             "status" => {
                 let s = ev["status"].as_str().unwrap_or("");
                 println!("status  {s}");
-                if matches!(s, "busy" | "no-answer" | "failed" | "canceled" | "completed") {
+                if matches!(
+                    s,
+                    "busy" | "no-answer" | "failed" | "canceled" | "completed"
+                ) {
                     return Ok(());
                 }
             }

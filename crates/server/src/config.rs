@@ -422,7 +422,11 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for a in &self.agents {
             if a.name.is_empty() || !names.insert(a.name.as_str()) {
-                return Err(invalid("agents", &a.name, "agent names must be unique and non-empty"));
+                return Err(invalid(
+                    "agents",
+                    &a.name,
+                    "agent names must be unique and non-empty",
+                ));
             }
             if let Some(v) = &a.voice
                 && !VOICES.contains(&v.as_str())

@@ -101,7 +101,9 @@ pub(crate) enum KeysCommand {
     },
     List,
     /// Revoke a key by id or prefix.
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {

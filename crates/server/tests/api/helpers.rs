@@ -161,3 +161,181 @@ pub fn export_client_events(sim: &RealtimeSim) {
     f.write_all(text.as_bytes())
         .expect("write conformance file");
 }
+
+/// Which database a full app uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL admin URL for tests (CI sets it), if any.
+pub fn pg_admin_url() -> Option<String> {
+    std::env::var("VOXBRIDGE_TEST_PG_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// A fresh database URL for one test.
+pub async fn fresh_database(backend: Backend) -> String {
+    let name = format!("vbapi_{}", uuid::Uuid::new_v4().simple());
+    match backend {
+        Backend::Sqlite => {
+            let dir = std::env::temp_dir().join("voxbridge-tests");
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            format!("sqlite://{}/{name}.db", dir.display())
+        }
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let admin = pg_admin_url().expect("VOXBRIDGE_TEST_PG_URL");
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .expect("connect to PostgreSQL admin URL");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await
+                .expect("create database");
+            let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+            format!("{base}/{name}")
+        }
+    }
+}
+
+pub const ACCOUNT_SID_FULL: &str = "AC11111111111111111111111111111111";
+pub const FROM_NUMBER: &str = "+14155550199";
+
+/// The whole product: server with a store and a Twilio REST client pointed
+/// at the Twilio emulator, which dials back with the caller emulator.
+pub struct FullApp {
+    pub app: TestApp,
+    pub twilio: voxbridge_sim::twilio_api::TwilioEmulator,
+    pub store: voxbridge_store::Store,
+    pub api_key: String,
+    pub http: reqwest::Client,
+}
+
+impl FullApp {
+    pub fn url(&self, path: &str) -> String {
+        self.app.http(path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(&self.api_key)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Poll the call until its status is terminal.
+    pub async fn wait_terminal(&self, id: &str, timeout: Duration) -> serde_json::Value {
+        let end = tokio::time::Instant::now() + timeout;
+        loop {
+            let v: serde_json::Value = self
+                .get(&format!("/v1/calls/{id}"))
+                .await
+                .json()
+                .await
+                .expect("json");
+            let status = v["status"].as_str().unwrap_or_default();
+            let done = voxbridge_store::is_terminal_status(status);
+            if (done && v["end_reason"].is_string()) || tokio::time::Instant::now() >= end {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub async fn spawn_full(
+    backend: Backend,
+    emu: voxbridge_sim::twilio_api::TwilioEmulatorConfig,
+    env: &[(&str, &str)],
+) -> FullApp {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let emu = voxbridge_sim::twilio_api::TwilioEmulatorConfig {
+        account_sid: ACCOUNT_SID_FULL.into(),
+        auth_token: AUTH_TOKEN.into(),
+        ..emu
+    };
+    let twilio = voxbridge_sim::twilio_api::TwilioEmulator::start(emu)
+        .await
+        .expect("twilio emulator");
+    let db = fresh_database(backend).await;
+    let store = voxbridge_store::Store::connect(&db).await.expect("store");
+    let (_, api_key) = store.create_api_key("tests").await.expect("api key");
+    let sim = RealtimeSim::start(sim_config())
+        .await
+        .expect("simulator starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let mut vars: Vec<(String, String)> = vec![
+        ("PUBLIC_URL".into(), format!("http://127.0.0.1:{port}")),
+        ("PORT".into(), port.to_string()),
+        ("OPENAI_API_KEY".into(), API_KEY.into()),
+        ("OPENAI_REALTIME_URL".into(), sim.ws_url()),
+        ("TWILIO_AUTH_TOKEN".into(), AUTH_TOKEN.into()),
+        ("TWILIO_ACCOUNT_SID".into(), ACCOUNT_SID_FULL.into()),
+        ("TWILIO_PHONE_NUMBER".into(), FROM_NUMBER.into()),
+        ("TWILIO_API_BASE".into(), twilio.base_url()),
+        ("DATABASE_URL".into(), db),
+    ];
+    for (k, v) in env {
+        vars.retain(|(n, _)| n != k);
+        vars.push(((*k).into(), (*v).into()));
+    }
+    let config = Config::from_sources(None, |k| {
+        vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    })
+    .expect("config");
+    let public_url = config.public_url.clone();
+    let state = App::build_with(config, Some(store.clone()));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app::run(state.clone(), listener, async {
+        let _ = rx.await;
+    }));
+    FullApp {
+        app: TestApp {
+            port,
+            public_url,
+            sim,
+            state,
+            stop: Some(tx),
+        },
+        twilio,
+        store,
+        api_key,
+        http: reqwest::Client::new(),
+    }
+}
+
+/// The callee's side of an outbound test call.
+pub fn callee_script() -> Vec<CallerStep> {
+    vec![
+        CallerStep::WaitAgentSpeaking { timeout_ms: 5_000 },
+        CallerStep::WaitAgentQuiet {
+            quiet_ms: 300,
+            timeout_ms: 10_000,
+        },
+        CallerStep::Speak { ms: 900 },
+        CallerStep::WaitAgentSpeaking { timeout_ms: 5_000 },
+        CallerStep::WaitAgentQuiet {
+            quiet_ms: 300,
+            timeout_ms: 15_000,
+        },
+        CallerStep::Hangup,
+    ]
+}

@@ -3,4 +3,5 @@
 
 mod call;
 mod helpers;
+mod rest;
 mod robustness;
