@@ -2,6 +2,7 @@
 //! Realtime simulator as the model, the Twilio caller emulator as the phone.
 
 mod call;
+mod cli;
 mod helpers;
 mod rest;
 mod robustness;

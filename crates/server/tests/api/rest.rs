@@ -489,19 +489,6 @@ async fn twilio_errors_and_rate_limits_map_to_codes() {
         ],
     )
     .await;
-    // Twilio refuses a From we do not own: 400 with Twilio's mapped code,
-    // and the call is stored as failed with the reason.
-    let r = full
-        .post_json(
-            "/v1/calls",
-            &json!({"to": "+14155550100", "from": "+442071838750"}),
-        )
-        .await;
-    let status = r.status().as_u16();
-    let body: Value = r.json().await.expect("json");
-    // The emulator accepts any E.164 From, so this one succeeds; a failed
-    // dial shows up as a failed call instead.
-    assert_eq!(status, 201, "{body}");
     let failed: Value = full
         .post_json("/v1/calls", &json!({"to": "+14155550113"}))
         .await
@@ -667,5 +654,41 @@ async fn webhooks_accept_what_the_official_twilio_package_signs() {
             .expect("call")
             .status,
         "ringing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twilio_refusal_is_mapped_and_the_call_marked_failed() {
+    // Twilio rejects our credentials (error 20003): a 502 with our code,
+    // and the call is stored as failed with Twilio's reason.
+    let full = spawn_full(
+        Backend::Sqlite,
+        emulator(),
+        &[
+            ("TWILIO_API_KEY_SID", "SK00000000000000000000000000000000"),
+            ("TWILIO_API_KEY_SECRET", "wrong-secret"),
+        ],
+    )
+    .await;
+    let r = full
+        .post_json("/v1/calls", &json!({"to": "+14155550100"}))
+        .await;
+    assert_eq!(r.status().as_u16(), 502);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["code"], "TWILIO_AUTH_FAILED", "{body}");
+    let page = full
+        .store
+        .list_calls(&voxbridge_store::CallFilter::default(), None, 10)
+        .await
+        .expect("list");
+    assert_eq!(page.calls.len(), 1);
+    assert_eq!(page.calls[0].status, "failed");
+    assert!(
+        page.calls[0]
+            .end_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("twilio_error")),
+        "{:?}",
+        page.calls[0].end_reason
     );
 }
