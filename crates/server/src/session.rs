@@ -283,13 +283,28 @@ pub async fn run(
         },
     );
     let mut pending: Option<ModelFuture> = Some(model);
+    // One timer per call, re-armed only when the pacer's deadline moves
+    // (a fresh timer per loop turn would cost a timer-wheel insert and
+    // removal for every frame in either direction).
+    let pacer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(pacer);
+    let mut armed: Option<Instant> = None;
     let reason = loop {
         let deadline = s.playback.next_deadline();
+        if let Some(d) = deadline
+            && armed != Some(d)
+        {
+            pacer.as_mut().reset(d);
+            armed = Some(d);
+        }
         let wake = tokio::select! {
             m = twilio.rx.next() => Wake::Twilio(m),
             r = async { match pending.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if pending.is_some() => Wake::ModelReady(r),
             m = async { match s.model.as_mut() { Some(l) => l.rx.next().await, None => std::future::pending().await } }, if s.model.is_some() => Wake::Model(m),
-            () = sleep_until_opt(deadline), if deadline.is_some() => Wake::Pace,
+            () = &mut pacer, if deadline.is_some() => {
+                armed = None;
+                Wake::Pace
+            }
         };
         let step = match wake {
             Wake::Twilio(m) => s.on_twilio(m),
@@ -320,13 +335,6 @@ pub async fn run(
         }
     };
     s.finish(reason, twilio).await
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 impl Session {

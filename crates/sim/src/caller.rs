@@ -212,6 +212,14 @@ pub struct RunOptions {
     pub record_audio: bool,
     /// Hard limit on the media session; default [`CallerConfig::script_budget`].
     pub safety_timeout: Option<Duration>,
+    /// Keep the per-message logs `received_frames`, `marks_received` and
+    /// `marks_echoed` (default true; counters are kept either way).
+    pub keep_log: bool,
+    /// Load test: write an uplink tag (this call index, the frame sequence,
+    /// the send time; see [`crate::realtime::probe`]) at the start of every
+    /// media frame sent, and measure downlink tags in the frames received
+    /// (`downlink_latency_us`).
+    pub tag_call: Option<u32>,
 }
 
 impl Default for RunOptions {
@@ -219,6 +227,8 @@ impl Default for RunOptions {
         Self {
             record_audio: true,
             safety_timeout: None,
+            keep_log: true,
+            tag_call: None,
         }
     }
 }
@@ -281,6 +291,17 @@ pub struct CallerReport {
     pub end: CallEnd,
     /// Anything the server sent that Twilio would reject or ignore.
     pub protocol_errors: Vec<String>,
+    /// When `start` was sent (stream start, t = 0).
+    pub started_at: Option<std::time::Instant>,
+    /// `media` messages received (kept even when `received_frames` is not).
+    pub received_count: u64,
+    /// Decoded agent audio bytes received in `media` messages.
+    pub received_bytes: u64,
+    /// `mark`s echoed (kept even when `marks_echoed` is not).
+    pub marks_echoed_count: u64,
+    /// With [`RunOptions::tag_call`]: per received frame carrying a downlink
+    /// tag, now − its send time, in µs.
+    pub downlink_latency_us: Vec<u32>,
 }
 
 /// Errors before the media session is up. Problems after that are recorded in the report.
@@ -346,6 +367,36 @@ pub fn media_message(
         js(payload_b64),
         js(stream_sid)
     )
+}
+
+/// [`media_message`] for raw audio: one allocation, byte-identical output.
+pub fn media_message_bytes(
+    seq: u64,
+    stream_sid: &str,
+    chunk: u64,
+    timestamp_ms: u64,
+    audio: &[u8],
+) -> String {
+    use std::fmt::Write as _;
+    let plain_sid = stream_sid
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let mut s = String::with_capacity(audio.len().div_ceil(3) * 4 + stream_sid.len() + 128);
+    let _ = write!(
+        s,
+        r#"{{"event":"media","sequenceNumber":"{seq}","media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{timestamp_ms}","payload":""#
+    );
+    B64.encode_string(audio, &mut s);
+    s.push_str(r#""},"streamSid":"#);
+    if plain_sid {
+        s.push('"');
+        s.push_str(stream_sid);
+        s.push('"');
+    } else {
+        s.push_str(&js(stream_sid));
+    }
+    s.push('}');
+    s
 }
 
 /// Twilio's `dtmf` message.
@@ -895,7 +946,8 @@ async fn wait_hangup(rx: &mut Option<tokio::sync::watch::Receiver<bool>>) {
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
 enum Queued {
-    Audio(Vec<u8>, usize),
+    /// (bytes when recorded else empty, length, played so far)
+    Audio(Vec<u8>, usize, usize),
     Mark(String),
 }
 
@@ -911,6 +963,10 @@ struct StepState {
 struct Session<'a> {
     cfg: &'a CallerConfig,
     record: bool,
+    keep_log: bool,
+    tag_call: Option<u32>,
+    /// Reused for decoding received payloads.
+    scratch: Vec<u8>,
     t0: Instant,
     seq: u64,
     chunk: u64,
@@ -935,6 +991,9 @@ impl<'a> Session<'a> {
         Session {
             cfg,
             record: opts.record_audio,
+            keep_log: opts.keep_log,
+            tag_call: opts.tag_call,
+            scratch: Vec::new(),
             t0,
             seq: 1,
             chunk: 0,
@@ -960,6 +1019,11 @@ impl<'a> Session<'a> {
                 close: None,
                 end: CallEnd::Hangup,
                 protocol_errors: Vec::new(),
+                started_at: None,
+                received_count: 0,
+                received_bytes: 0,
+                marks_echoed_count: 0,
+                downlink_latency_us: Vec::new(),
             },
             stopped: false,
             queue: VecDeque::new(),
@@ -1005,6 +1069,7 @@ impl<'a> Session<'a> {
             &self.report.custom_parameters,
         ));
         self.t0 = Instant::now();
+        self.report.started_at = Some(self.t0.into_std());
         if let Err(e) = self.flush(ws).await {
             return CallEnd::Disconnected(e);
         }
@@ -1213,24 +1278,28 @@ impl<'a> Session<'a> {
         if !speech && self.cfg.omit_silence {
             return;
         }
-        let frame = if speech {
+        let mut frame = if speech {
             clip_frame(speech_clip(), &mut self.speech_pos)
         } else {
             clip_frame(noise_clip(), &mut self.noise_pos)
         };
-        let b64 = B64.encode(frame);
-        let seq = self.next_seq();
-        self.outbox.push(media_message(
-            seq,
-            &self.report.stream_sid,
-            self.chunk,
-            ts,
-            &b64,
-        ));
-        self.report.frames_sent += 1;
-        if self.record {
-            self.report.sent_payloads.push((ts, b64));
+        if let Some(call) = self.tag_call {
+            crate::realtime::probe::write_uplink_tag(
+                &mut frame,
+                crate::realtime::probe::UplinkTag {
+                    call,
+                    seq: self.report.frames_sent as u32,
+                    sent_us: crate::realtime::probe::now_us(),
+                },
+            );
         }
+        let seq = self.next_seq();
+        let msg = media_message_bytes(seq, &self.report.stream_sid, self.chunk, ts, &frame);
+        if self.record {
+            self.report.sent_payloads.push((ts, B64.encode(frame)));
+        }
+        self.outbox.push(msg);
+        self.report.frames_sent += 1;
     }
 
     // -- server messages --------------------------------------------------------
@@ -1238,6 +1307,9 @@ impl<'a> Session<'a> {
     fn on_server_text(&mut self, text: &str, now: u64) {
         if self.stopped {
             return; // Twilio ignores anything after the stream stopped
+        }
+        if !self.record && self.fast_media(text, now) {
+            return;
         }
         let errs = &mut self.report.protocol_errors;
         let v: serde_json::Value = match serde_json::from_str(text) {
@@ -1291,18 +1363,19 @@ impl<'a> Session<'a> {
                 if audio.starts_with(b"RIFF") {
                     errs.push("media payload has a WAV header (Twilio wants raw µ-law)".into());
                 }
-                self.report.received_frames.push(ReceivedFrame {
-                    at_ms: now / SPMS,
-                    len: audio.len(),
-                });
-                self.enqueue_audio(audio, now);
+                self.on_media_audio(&audio, now);
+                let len = audio.len();
+                let buf = if self.record { audio } else { Vec::new() };
+                self.enqueue_audio(buf, len, now);
             }
             "mark" => {
                 let Some(name) = v.pointer("/mark/name").and_then(|p| p.as_str()) else {
                     errs.push("mark without a string mark.name".into());
                     return;
                 };
-                self.report.marks_received.push(name.to_string());
+                if self.keep_log {
+                    self.report.marks_received.push(name.to_string());
+                }
                 self.queue.push_back(Queued::Mark(name.to_string()));
                 self.advance(now); // a mark on an idle queue is echoed at once
             }
@@ -1310,9 +1383,66 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// A well-formed `media` for this stream (the common case), without a JSON
+    /// tree or a per-frame allocation. `false`: take the general path (which
+    /// also reports what is wrong).
+    fn fast_media(&mut self, text: &str, now: u64) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Media<'a> {
+            event: &'a str,
+            #[serde(rename = "streamSid")]
+            stream_sid: &'a str,
+            media: Payload<'a>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Payload<'a> {
+            payload: &'a str,
+        }
+        if !text.starts_with(r#"{"event":"media""#) {
+            return false;
+        }
+        let Ok(m) = serde_json::from_str::<Media<'_>>(text) else {
+            return false;
+        };
+        if m.event != "media" || m.stream_sid != self.report.stream_sid {
+            return false;
+        }
+        let mut audio = std::mem::take(&mut self.scratch);
+        audio.clear();
+        let ok = B64.decode_vec(m.media.payload, &mut audio).is_ok()
+            && !audio.is_empty()
+            && !audio.starts_with(b"RIFF");
+        if ok {
+            self.on_media_audio(&audio, now);
+            self.enqueue_audio(Vec::new(), audio.len(), now);
+        }
+        self.scratch = audio;
+        ok
+    }
+
+    /// Counters and probes of one received `media` payload.
+    fn on_media_audio(&mut self, audio: &[u8], now: u64) {
+        self.report.received_count += 1;
+        self.report.received_bytes += audio.len() as u64;
+        if self.keep_log {
+            self.report.received_frames.push(ReceivedFrame {
+                at_ms: now / SPMS,
+                len: audio.len(),
+            });
+        }
+        if self.tag_call.is_some()
+            && let Some(sent) = crate::realtime::probe::read_downlink_tag(audio)
+        {
+            let lat = crate::realtime::probe::now_us().wrapping_sub(sent);
+            self.report.downlink_latency_us.push(lat);
+        }
+    }
+
     // -- playout ------------------------------------------------------------------
 
-    fn enqueue_audio(&mut self, audio: Vec<u8>, now: u64) {
+    /// Queue `len` bytes of agent audio (`audio` holds them when recording,
+    /// else it is empty).
+    fn enqueue_audio(&mut self, audio: Vec<u8>, len: usize, now: u64) {
         if self.queued_bytes == 0 {
             if self.in_burst && now > self.last_audio_end {
                 self.report.underruns += 1;
@@ -1321,8 +1451,8 @@ impl<'a> Session<'a> {
             self.play_pos = now;
             self.begin_burst(now);
         }
-        self.queued_bytes += audio.len() as u64;
-        self.queue.push_back(Queued::Audio(audio, 0));
+        self.queued_bytes += len as u64;
+        self.queue.push_back(Queued::Audio(audio, len, 0));
         self.report.max_buffered_ms = self.report.max_buffered_ms.max(self.queued_bytes / SPMS);
     }
 
@@ -1352,7 +1482,10 @@ impl<'a> Session<'a> {
             .push(mark_message(seq, &self.report.stream_sid, &name));
         self.cfg
             .emit(CallerEvent::MarkEchoed { name: name.clone() });
-        self.report.marks_echoed.push(name);
+        self.report.marks_echoed_count += 1;
+        if self.keep_log {
+            self.report.marks_echoed.push(name);
+        }
     }
 
     /// Play queued audio up to `now` and echo the marks reached.
@@ -1366,11 +1499,12 @@ impl<'a> Session<'a> {
                     let at = self.play_pos.min(now);
                     self.echo_mark(name, at);
                 }
-                Some(Queued::Audio(buf, off)) => {
+                Some(Queued::Audio(buf, len, off)) => {
                     if self.play_pos >= now {
                         break;
                     }
-                    let avail = buf.len() - *off;
+                    let len = *len;
+                    let avail = len - *off;
                     let n = avail.min(usize::try_from(now - self.play_pos).unwrap_or(usize::MAX));
                     if !self.in_burst {
                         // e.g. audio queued behind a "done:" mark
@@ -1384,7 +1518,7 @@ impl<'a> Session<'a> {
                         self.report.heard.extend_from_slice(&buf[*off..*off + n]);
                     }
                     *off += n;
-                    let done = *off == buf.len();
+                    let done = *off == len;
                     self.play_pos += n as u64;
                     self.queued_bytes -= n as u64;
                     self.report.heard_bytes += n as u64;
@@ -1505,6 +1639,14 @@ mod tests {
         assert_eq!(v["streamSid"], "MZ1");
         assert_eq!(v["start"]["streamSid"], "MZ1");
         assert_eq!(v["start"]["customParameters"]["a\"b"], "x & y");
+        assert_eq!(
+            media_message_bytes(3, "MZ1", 2, 40, &[0xFF; 160]),
+            media_message(3, "MZ1", 2, 40, &B64.encode([0xFF; 160]))
+        );
+        assert_eq!(
+            media_message_bytes(3, "M\"Z", 2, 40, &[1, 2]),
+            media_message(3, "M\"Z", 2, 40, &B64.encode([1, 2]))
+        );
         let v: serde_json::Value =
             serde_json::from_str(&media_message(3, "MZ1", 2, 40, "AAAA")).unwrap();
         assert_eq!(v["media"]["timestamp"], "40");

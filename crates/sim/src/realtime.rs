@@ -131,6 +131,9 @@ pub struct RealtimeSimConfig {
     pub keep_events: bool,
     /// Failure injection.
     pub faults: SimFaults,
+    /// Load-test metrics sink (see [`probe`]). When set, tagged appends are
+    /// measured, and the first delta of each response carries a downlink tag.
+    pub probe: Option<probe::Probe>,
 }
 
 impl Default for RealtimeSimConfig {
@@ -164,6 +167,7 @@ impl Default for RealtimeSimConfig {
             record_path: None,
             keep_events: true,
             faults: SimFaults::default(),
+            probe: None,
         }
     }
 }
@@ -273,7 +277,16 @@ pub struct RealtimeSim {
 impl RealtimeSim {
     /// Bind `127.0.0.1:0` and start serving.
     pub async fn start(cfg: RealtimeSimConfig) -> std::io::Result<RealtimeSim> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1:0", cfg).await
+    }
+
+    /// Bind `addr` (e.g. `127.0.0.1:9100`, for a separately started server
+    /// whose `OPENAI_REALTIME_URL` points there) and start serving.
+    pub async fn start_on(
+        addr: impl tokio::net::ToSocketAddrs,
+        cfg: RealtimeSimConfig,
+    ) -> std::io::Result<RealtimeSim> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let record = match &cfg.record_path {
             Some(p) => Some(Mutex::new(
@@ -1229,6 +1242,14 @@ struct Conn {
     assistant_audio_sent: bool,
     active: Option<Active>,
     voice_pos_ms: u64,
+    // load-test probe
+    probe: Option<probe::Probe>,
+    scratch: Vec<u8>,
+    up_seq: probe::SeqTracker,
+    up_call: Option<u32>,
+    untagged_appends: u64,
+    delta_bytes: u64,
+    tagged_responses: u64,
 }
 
 enum Exit {
@@ -1253,6 +1274,7 @@ impl Conn {
     fn new(id: u64, opened: Instant, shared: Arc<Shared>, hs: &Handshake) -> Conn {
         let model = hs.model.as_deref().unwrap_or(DEFAULT_MODEL);
         let session = default_session(model);
+        let probe = shared.cfg.probe.clone();
         let mut c = Conn {
             id,
             opened,
@@ -1281,6 +1303,13 @@ impl Conn {
             assistant_audio_sent: false,
             active: None,
             voice_pos_ms: 0,
+            probe,
+            scratch: Vec::new(),
+            up_seq: probe::SeqTracker::default(),
+            up_call: None,
+            untagged_appends: 0,
+            delta_bytes: 0,
+            tagged_responses: 0,
         };
         c.refresh_cache();
         c
@@ -1423,6 +1452,7 @@ impl Conn {
         };
         // Stop everything: the active response just goes away with the task.
         self.active = None;
+        self.probe_closed();
         self.shared.set_closed(self.id, reason.clone());
         if let Some((code, why)) = server_close {
             for ev in self.out.drain(..) {
@@ -1448,6 +1478,9 @@ impl Conn {
     // ---- client events ----
 
     fn on_text(&mut self, text: &str) {
+        if self.fast_append(text) {
+            return;
+        }
         let ev: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => {
@@ -1478,10 +1511,12 @@ impl Conn {
             self.error(ApiError::missing("type"), ceid);
             return;
         };
-        self.shared.notify(SimNotice::ClientEvent {
-            conn: self.id,
-            event_type: ty.to_string(),
-        });
+        if self.shared.notices.receiver_count() > 0 {
+            self.shared.notify(SimNotice::ClientEvent {
+                conn: self.id,
+                event_type: ty.to_string(),
+            });
+        }
         let allowed: &[&str] = match ty {
             "session.update" => &["type", "event_id", "session"],
             "input_audio_buffer.append" => &["type", "event_id", "audio"],
@@ -1562,6 +1597,12 @@ impl Conn {
         self.refresh_cache();
         let ev = json!({"type": "session.updated", "session": self.session.clone()});
         self.emit(ev);
+        if let Some(p) = &self.probe {
+            p.emit(&probe::ProbeEvent::SessionUpdated {
+                conn: self.id,
+                at: Instant::now(),
+            });
+        }
         Ok(())
     }
 
@@ -1570,17 +1611,29 @@ impl Conn {
         let a = a
             .as_str()
             .ok_or_else(|| ApiError::invalid_type("audio", "a string", a))?;
-        let bytes = B64.decode(a).map_err(|_| {
-            ApiError::new(
+        self.append_audio(a)
+    }
+
+    /// The audio of an append (base64): probe, VAD.
+    fn append_audio(&mut self, a: &str) -> Result<(), ApiError> {
+        let mut bytes = std::mem::take(&mut self.scratch);
+        bytes.clear();
+        if B64.decode_vec(a, &mut bytes).is_err() {
+            self.scratch = bytes;
+            return Err(ApiError::new(
                 "invalid_value",
                 "Invalid 'audio'. Expected base64-encoded audio bytes.",
                 Some("audio"),
-            )
-        })?;
+            ));
+        }
+        if self.probe.is_some() {
+            self.probe_append(&bytes);
+        }
         let bpm = self.in_fmt.bytes_per_ms();
         self.buffer_ms += bytes.len() as f64 / bpm as f64;
         let frame_bytes = bpm * 20;
         self.carry.extend_from_slice(&bytes);
+        self.scratch = bytes;
         let mut off = 0;
         while self.carry.len() - off >= frame_bytes {
             let frame_start = self.frame_ms;
@@ -1593,6 +1646,76 @@ impl Conn {
         }
         self.carry.drain(..off);
         Ok(())
+    }
+
+    fn probe_append(&mut self, bytes: &[u8]) {
+        let Some(p) = &self.probe else {
+            return;
+        };
+        let Some(tag) = probe::read_uplink_tag(bytes) else {
+            self.untagged_appends += 1;
+            return;
+        };
+        let latency_us = probe::now_us().wrapping_sub(tag.sent_us);
+        if self.up_call.is_none() {
+            self.up_call = Some(tag.call);
+            p.emit(&probe::ProbeEvent::Identified {
+                conn: self.id,
+                call: tag.call,
+            });
+        }
+        let check = self.up_seq.check(tag.seq);
+        p.emit(&probe::ProbeEvent::Uplink {
+            conn: self.id,
+            call: tag.call,
+            latency_us,
+            check,
+        });
+    }
+
+    fn probe_closed(&self) {
+        if let Some(p) = &self.probe {
+            p.emit(&probe::ProbeEvent::Closed {
+                conn: self.id,
+                call: self.up_call,
+                unique_frames: self.up_seq.unique,
+                duplicates: self.up_seq.duplicates,
+                reordered: self.up_seq.reordered,
+                untagged_appends: self.untagged_appends,
+                delta_bytes: self.delta_bytes,
+                tagged_responses: self.tagged_responses,
+            });
+        }
+    }
+
+    /// A plain `input_audio_buffer.append` (`type`, optional `event_id`,
+    /// `audio`), handled without building a JSON tree, when nothing records
+    /// or listens to client events. `false`: take the general path.
+    fn fast_append(&mut self, text: &str) -> bool {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Append<'a> {
+            #[serde(rename = "type")]
+            ty: &'a str,
+            #[serde(default, rename = "event_id")]
+            _event_id: Option<&'a str>,
+            audio: &'a str,
+        }
+        if self.shared.cfg.keep_events
+            || self.shared.record.is_some()
+            || self.shared.notices.receiver_count() > 0
+            || !text.starts_with(r#"{"type":"input_audio_buffer.append""#)
+        {
+            return false;
+        }
+        let Ok(ev) = serde_json::from_str::<Append<'_>>(text) else {
+            return false;
+        };
+        if ev.ty != "input_audio_buffer.append" {
+            return false;
+        }
+        // Bad base64 changes nothing here and is reported by the general path.
+        self.append_audio(ev.audio).is_ok()
     }
 
     fn vad_frame(&mut self, vad: Vad, speech: bool, frame_start: u64) {
@@ -2081,7 +2204,14 @@ impl Conn {
             return;
         }
         let ms = delta_ms.min(a.total_ms - a.sent_ms);
-        let chunk = voice_chunk(a.fmt, a.voice_pos_ms, ms);
+        let mut chunk = voice_chunk(a.fmt, a.voice_pos_ms, ms);
+        if self.probe.is_some() {
+            if a.deltas_sent == 0 && chunk.len() >= probe::DOWNLINK_TAG_LEN {
+                probe::write_downlink_tag(&mut chunk, probe::now_us());
+                self.tagged_responses += 1;
+            }
+            self.delta_bytes += chunk.len() as u64;
+        }
         a.voice_pos_ms += u64::from(ms);
         a.sent_ms += ms;
         a.deltas_sent += 1;
@@ -2204,5 +2334,293 @@ impl Conn {
                         "audio_tokens": cached_audio, "image_tokens": 0}},
                 "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out}},
             "metadata": null}}));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Load-test probe: frame tags and measurements
+// ---------------------------------------------------------------------------
+
+/// Frame tags and the metrics sink used by the load generator.
+///
+/// Both the caller emulator and the simulator run in the load generator's
+/// process, so they share one clock ([`probe::now_us`]): microseconds since a
+/// process-wide base, as a wrapping `u32` (about 71 minutes before it wraps;
+/// differences are taken with `wrapping_sub`).
+///
+/// * **Uplink tag** ([`probe::UPLINK_TAG_LEN`] = 22 bytes at the start of a
+///   160-byte caller frame): a 2-byte magic, then the call index (24 bits),
+///   the frame sequence (24 bits) and the send time (32 bits), one nibble per
+///   byte in the low-level µ-law codes `0xF0..=0xFF` (|sample| ≤ 120), so the
+///   tag adds almost no energy and noise frames stay below any VAD threshold.
+///   The bridge's gap-filling silence (`0xFF`) carries no tag.
+/// * **Downlink tag** ([`probe::DOWNLINK_TAG_LEN`] = 8 bytes): a 4-byte magic
+///   and the send time, written by the simulator at the start of the first
+///   delta of each response, which the bridge relays as the first 160-byte
+///   Twilio frame of the burst.
+pub mod probe {
+    use std::sync::{Arc, OnceLock};
+    use std::time::Instant;
+
+    /// The process-wide clock base of the tags.
+    pub fn clock_base() -> Instant {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        *BASE.get_or_init(Instant::now)
+    }
+
+    /// Microseconds since [`clock_base`] at `t` (wrapping).
+    pub fn us_at(t: Instant) -> u32 {
+        t.saturating_duration_since(clock_base()).as_micros() as u32
+    }
+
+    /// Microseconds since [`clock_base`], now (wrapping).
+    pub fn now_us() -> u32 {
+        us_at(Instant::now())
+    }
+
+    /// First bytes of an uplink tag (both low-level µ-law codes).
+    pub const UPLINK_MAGIC: [u8; 2] = [0xF5, 0x7A];
+    /// Bytes an uplink tag occupies at the start of a frame.
+    pub const UPLINK_TAG_LEN: usize = 2 + 6 + 6 + 8;
+    /// First bytes of a downlink tag.
+    pub const DOWNLINK_MAGIC: [u8; 4] = [0x5A, 0xA5, 0x3C, 0xC3];
+    /// Bytes a downlink tag occupies at the start of a delta.
+    pub const DOWNLINK_TAG_LEN: usize = 8;
+    /// Sequence numbers and call indexes are 24-bit.
+    pub const SEQ_MASK: u32 = 0x00FF_FFFF;
+
+    /// What a caller frame carries.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct UplinkTag {
+        /// Call index (24 bits), chosen by the load generator.
+        pub call: u32,
+        /// Frame sequence in the call (24 bits, wrapping).
+        pub seq: u32,
+        /// [`now_us`] when the frame was sent.
+        pub sent_us: u32,
+    }
+
+    fn put_nibbles(out: &mut [u8], v: u32) {
+        let n = out.len();
+        for (i, b) in out.iter_mut().enumerate() {
+            let shift = 4 * (n - 1 - i);
+            *b = 0xF0 | ((v >> shift) & 0xF) as u8;
+        }
+    }
+
+    fn get_nibbles(inp: &[u8]) -> Option<u32> {
+        let mut v = 0u32;
+        for &b in inp {
+            if b & 0xF0 != 0xF0 {
+                return None;
+            }
+            v = (v << 4) | u32::from(b & 0x0F);
+        }
+        Some(v)
+    }
+
+    /// Write `tag` at the start of `frame` (at least [`UPLINK_TAG_LEN`] bytes; shorter: nothing).
+    pub fn write_uplink_tag(frame: &mut [u8], tag: UplinkTag) {
+        if frame.len() < UPLINK_TAG_LEN {
+            return;
+        }
+        frame[..2].copy_from_slice(&UPLINK_MAGIC);
+        put_nibbles(&mut frame[2..8], tag.call & SEQ_MASK);
+        put_nibbles(&mut frame[8..14], tag.seq & SEQ_MASK);
+        put_nibbles(&mut frame[14..22], tag.sent_us);
+    }
+
+    /// The tag at the start of `frame`, if it carries one.
+    pub fn read_uplink_tag(frame: &[u8]) -> Option<UplinkTag> {
+        if frame.len() < UPLINK_TAG_LEN || frame[..2] != UPLINK_MAGIC {
+            return None;
+        }
+        Some(UplinkTag {
+            call: get_nibbles(&frame[2..8])?,
+            seq: get_nibbles(&frame[8..14])?,
+            sent_us: get_nibbles(&frame[14..22])?,
+        })
+    }
+
+    /// Write a downlink tag (magic + `sent_us`) at the start of `buf`.
+    pub fn write_downlink_tag(buf: &mut [u8], sent_us: u32) {
+        if buf.len() < DOWNLINK_TAG_LEN {
+            return;
+        }
+        buf[..4].copy_from_slice(&DOWNLINK_MAGIC);
+        buf[4..8].copy_from_slice(&sent_us.to_be_bytes());
+    }
+
+    /// The send time of a downlink tag at the start of `buf`, if any.
+    pub fn read_downlink_tag(buf: &[u8]) -> Option<u32> {
+        if buf.len() < DOWNLINK_TAG_LEN || buf[..4] != DOWNLINK_MAGIC {
+            return None;
+        }
+        Some(u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]))
+    }
+
+    /// How a tagged append's sequence number compares with what came before
+    /// on its connection.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum SeqCheck {
+        /// The next expected frame (or the first one).
+        InOrder,
+        /// Ahead of the expected frame: this many frames are missing (so far).
+        Gap(u32),
+        /// A frame already received.
+        Duplicate,
+        /// A frame older than the newest one, not received before (it was
+        /// counted in a `Gap`; it arrived out of order).
+        Reordered,
+    }
+
+    /// What the simulator reports to the probe. Per-frame events carry no
+    /// allocation.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum ProbeEvent {
+        /// A `session.updated` was sent on connection `conn`.
+        SessionUpdated { conn: u64, at: Instant },
+        /// The first tagged append of connection `conn` named this call.
+        Identified { conn: u64, call: u32 },
+        /// A tagged `input_audio_buffer.append` arrived.
+        Uplink {
+            conn: u64,
+            call: u32,
+            /// now − the tag's send time, µs.
+            latency_us: u32,
+            check: SeqCheck,
+        },
+        /// The connection closed: totals.
+        Closed {
+            conn: u64,
+            /// The call of the tags, if any tagged append arrived.
+            call: Option<u32>,
+            /// Distinct tagged frames received.
+            unique_frames: u64,
+            duplicates: u64,
+            reordered: u64,
+            /// Appends without a tag (the bridge's silence fill).
+            untagged_appends: u64,
+            /// Audio bytes sent in `response.output_audio.delta`s.
+            delta_bytes: u64,
+            /// Responses whose first delta carried a downlink tag.
+            tagged_responses: u64,
+        },
+    }
+
+    /// The metrics sink of [`super::RealtimeSimConfig::probe`]. Called from the
+    /// connection tasks: keep it cheap (atomics, short locks).
+    #[derive(Clone)]
+    pub struct Probe(pub Arc<dyn Fn(&ProbeEvent) + Send + Sync>);
+
+    impl Probe {
+        pub fn new(f: impl Fn(&ProbeEvent) + Send + Sync + 'static) -> Self {
+            Probe(Arc::new(f))
+        }
+        pub(crate) fn emit(&self, ev: &ProbeEvent) {
+            (self.0)(ev);
+        }
+    }
+
+    impl std::fmt::Debug for Probe {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Probe(..)")
+        }
+    }
+
+    /// Per-connection sequence tracking (a 64-frame window for duplicates).
+    #[derive(Debug, Default)]
+    pub(crate) struct SeqTracker {
+        /// The newest sequence seen.
+        newest: Option<u32>,
+        /// Bit i set: `newest - i` was received.
+        window: u64,
+        pub(crate) unique: u64,
+        pub(crate) duplicates: u64,
+        pub(crate) reordered: u64,
+    }
+
+    impl SeqTracker {
+        pub(crate) fn check(&mut self, seq: u32) -> SeqCheck {
+            let Some(newest) = self.newest else {
+                self.newest = Some(seq);
+                self.window = 1;
+                self.unique += 1;
+                return SeqCheck::InOrder;
+            };
+            let ahead = seq.wrapping_sub(newest) & SEQ_MASK;
+            if ahead != 0 && ahead < SEQ_MASK / 2 {
+                self.newest = Some(seq);
+                self.window = if ahead >= 64 {
+                    1
+                } else {
+                    (self.window << ahead) | 1
+                };
+                self.unique += 1;
+                return if ahead == 1 {
+                    SeqCheck::InOrder
+                } else {
+                    SeqCheck::Gap(ahead - 1)
+                };
+            }
+            let behind = newest.wrapping_sub(seq) & SEQ_MASK;
+            if behind < 64 && self.window & (1 << behind) != 0 {
+                self.duplicates += 1;
+                return SeqCheck::Duplicate;
+            }
+            if behind < 64 {
+                self.window |= 1 << behind;
+            }
+            // Older than the window: assume it was missing (counted in a gap).
+            self.unique += 1;
+            self.reordered += 1;
+            SeqCheck::Reordered
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn uplink_tag_roundtrip_and_level() {
+            let mut f = [0xFFu8; 160];
+            let tag = UplinkTag {
+                call: 0x12_3456,
+                seq: 0xAB_CDEF,
+                sent_us: 0xDEAD_BEEF,
+            };
+            write_uplink_tag(&mut f, tag);
+            assert_eq!(read_uplink_tag(&f), Some(tag));
+            assert!(voxbridge_audio::mulaw_rms(&f) < 60.0);
+            assert_eq!(read_uplink_tag(&[0xFF; 160]), None);
+        }
+
+        #[test]
+        fn downlink_tag_roundtrip() {
+            let mut f = [0u8; 160];
+            write_downlink_tag(&mut f, 123_456);
+            assert_eq!(read_downlink_tag(&f), Some(123_456));
+            // The simulator's voice never starts a frame with the magic.
+            for frame in super::super::voice().mulaw.chunks(160) {
+                assert_eq!(read_downlink_tag(frame), None);
+            }
+        }
+
+        #[test]
+        fn sequence_checks() {
+            let mut t = SeqTracker::default();
+            assert_eq!(t.check(5), SeqCheck::InOrder);
+            assert_eq!(t.check(6), SeqCheck::InOrder);
+            assert_eq!(t.check(9), SeqCheck::Gap(2));
+            assert_eq!(t.check(7), SeqCheck::Reordered);
+            assert_eq!(t.check(7), SeqCheck::Duplicate);
+            assert_eq!(t.check(9), SeqCheck::Duplicate);
+            assert_eq!(t.check(10), SeqCheck::InOrder);
+            assert_eq!((t.unique, t.duplicates, t.reordered), (5, 2, 1));
+            let mut w = SeqTracker::default();
+            assert_eq!(w.check(SEQ_MASK), SeqCheck::InOrder);
+            assert_eq!(w.check(0), SeqCheck::InOrder);
+        }
     }
 }
