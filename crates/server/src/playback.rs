@@ -94,6 +94,10 @@ impl Default for PacerConfig {
 
 #[derive(Debug)]
 struct Item {
+    /// Stable small key of this item (frames and marks refer to it).
+    key: u64,
+    /// Frames of this item still in the local queue.
+    queued_frames: u32,
     response_id: String,
     item_id: String,
     content_index: u32,
@@ -123,18 +127,39 @@ enum MarkKind {
 #[derive(Debug)]
 struct PendingMark {
     name: String,
-    /// Identity of the item (generation-local index is not stable).
-    item_id: String,
+    /// Key of the item (its index in `items` is not stable).
+    key: u64,
     audio_end_ms: u64,
     kind: MarkKind,
     first: bool,
 }
 
+/// One 20 ms frame (or the shorter last one of an item), stored inline:
+/// no heap allocation per frame.
 #[derive(Debug)]
 struct Frame {
-    /// Index into `items` is unstable; keep the id.
-    item_id: String,
-    bytes: Vec<u8>,
+    key: u64,
+    len: u8,
+    bytes: [u8; FRAME_BYTES],
+}
+
+impl Frame {
+    fn new(key: u64, data: &[u8]) -> Self {
+        let mut bytes = [0u8; FRAME_BYTES];
+        let len = data.len().min(FRAME_BYTES);
+        bytes[..len].copy_from_slice(&data[..len]);
+        Frame {
+            key,
+            len: len as u8,
+            bytes,
+        }
+    }
+    fn data(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+    fn ms(&self) -> u64 {
+        (usize::from(self.len) / BYTES_PER_MS) as u64
+    }
 }
 
 /// The outbound side of one Twilio stream.
@@ -159,6 +184,10 @@ pub struct Playback {
     burst_sent_ms: u64,
     /// Scratch buffer for base64 encoding.
     b64: String,
+    /// Scratch buffer for base64 decoding.
+    decoded: Vec<u8>,
+    /// Next item key.
+    next_key: u64,
 }
 
 impl Playback {
@@ -179,6 +208,8 @@ impl Playback {
             burst_start: None,
             burst_sent_ms: 0,
             b64: String::with_capacity(256),
+            decoded: Vec::with_capacity(4096),
+            next_key: 0,
         }
     }
 
@@ -238,10 +269,6 @@ impl Playback {
         self.discarded.iter().any(|r| r == response_id)
     }
 
-    fn item_mut(&mut self, item_id: &str) -> Option<&mut Item> {
-        self.items.iter_mut().find(|i| i.item_id == item_id)
-    }
-
     /// `response.output_audio.delta`: decode the base64 (not the audio) and
     /// queue 20 ms frames. Returns false if the delta was dropped (late
     /// audio of a cancelled response, or invalid base64).
@@ -255,64 +282,68 @@ impl Playback {
         if self.is_discarded(response_id) {
             return false;
         }
-        let Ok(bytes) = B64.decode(delta_b64) else {
+        let mut decoded = std::mem::take(&mut self.decoded);
+        decoded.clear();
+        if B64.decode_vec(delta_b64, &mut decoded).is_err() {
+            self.decoded = decoded;
             return false;
-        };
-        if self.item_mut(item_id).is_none() {
-            // A new item: flush the incomplete frame of the previous one.
-            self.flush_partials();
-            let protected = self.protected_responses.iter().any(|r| r == response_id);
-            self.items.push(Item {
-                response_id: response_id.to_owned(),
-                item_id: item_id.to_owned(),
-                content_index,
-                received_ms: 0,
-                sent_ms: 0,
-                played_ms: 0,
-                last_mark_ms: 0,
-                audio_done: false,
-                done_mark_sent: false,
-                protected,
-                partial: Vec::new(),
-            });
         }
-        let Some(item) = self.items.iter_mut().find(|i| i.item_id == item_id) else {
-            return false;
+        let idx = match self.items.iter().position(|i| i.item_id == item_id) {
+            Some(idx) => idx,
+            None => {
+                // A new item: flush the incomplete frame of the previous one.
+                self.flush_partials();
+                let protected = self.protected_responses.iter().any(|r| r == response_id);
+                self.next_key += 1;
+                self.items.push(Item {
+                    key: self.next_key,
+                    queued_frames: 0,
+                    response_id: response_id.to_owned(),
+                    item_id: item_id.to_owned(),
+                    content_index,
+                    received_ms: 0,
+                    sent_ms: 0,
+                    played_ms: 0,
+                    last_mark_ms: 0,
+                    audio_done: false,
+                    done_mark_sent: false,
+                    protected,
+                    partial: Vec::new(),
+                });
+                self.items.len() - 1
+            }
         };
-        item.received_ms += (bytes.len() / BYTES_PER_MS) as u64;
-        let mut data = &bytes[..];
-        let mut frames = Vec::new();
+        let item = &mut self.items[idx];
+        let key = item.key;
+        item.received_ms += (decoded.len() / BYTES_PER_MS) as u64;
+        let mut data = &decoded[..];
         if !item.partial.is_empty() {
             let need = FRAME_BYTES - item.partial.len();
             let take = need.min(data.len());
             item.partial.extend_from_slice(&data[..take]);
             data = &data[take..];
             if item.partial.len() == FRAME_BYTES {
-                frames.push(std::mem::take(&mut item.partial));
+                self.queue.push_back(Frame::new(key, &item.partial));
+                item.queued_frames += 1;
+                item.partial.clear();
             }
         }
         let mut chunks = data.chunks_exact(FRAME_BYTES);
         for c in &mut chunks {
-            frames.push(c.to_vec());
+            self.queue.push_back(Frame::new(key, c));
+            item.queued_frames += 1;
         }
         item.partial.extend_from_slice(chunks.remainder());
-        for bytes in frames {
-            self.queue.push_back(Frame {
-                item_id: item_id.to_owned(),
-                bytes,
-            });
-        }
+        self.decoded = decoded;
         true
     }
 
     fn flush_partials(&mut self) {
         for item in &mut self.items {
             if !item.partial.is_empty() {
-                let bytes = std::mem::take(&mut item.partial);
-                self.queue.push_back(Frame {
-                    item_id: item.item_id.clone(),
-                    bytes,
-                });
+                self.queue.push_back(Frame::new(item.key, &item.partial));
+                item.queued_frames += 1;
+                item.partial.clear();
             }
         }
     }
@@ -322,12 +353,12 @@ impl Playback {
         if self.is_discarded(response_id) {
             return;
         }
-        if let Some(item) = self.item_mut(item_id) {
+        if let Some(item) = self.items.iter_mut().find(|i| i.item_id == item_id) {
             item.audio_done = true;
             if !item.partial.is_empty() {
-                let bytes = std::mem::take(&mut item.partial);
-                let item_id = item.item_id.clone();
-                self.queue.push_back(Frame { item_id, bytes });
+                self.queue.push_back(Frame::new(item.key, &item.partial));
+                item.queued_frames += 1;
+                item.partial.clear();
             }
         }
     }
@@ -340,10 +371,7 @@ impl Playback {
         match self.burst_start {
             None => Some(Instant::now()),
             Some(start) => {
-                let frame_ms = self
-                    .queue
-                    .front()
-                    .map_or(0, |f| (f.bytes.len() / BYTES_PER_MS) as u64);
+                let frame_ms = self.queue.front().map_or(0, Frame::ms);
                 let due = start + Duration::from_millis(self.burst_sent_ms + frame_ms);
                 Some(due.checked_sub(self.cfg.lead).unwrap_or(start).max(start))
             }
@@ -352,9 +380,14 @@ impl Playback {
 
     /// Send every frame that is due at `now` (and the marks that go with it).
     pub fn pump(&mut self, now: Instant, out: &mut Outbox) {
-        let Some(sid) = self.stream_sid.clone() else {
+        let Some(sid) = self.stream_sid.take() else {
             return; // no stream yet: keep the audio queued
         };
+        self.pump_with(&sid, now, out);
+        self.stream_sid = Some(sid);
+    }
+
+    fn pump_with(&mut self, sid: &str, now: Instant, out: &mut Outbox) {
         // A new burst starts when Twilio has played everything we sent.
         let idle = match self.burst_start {
             None => true,
@@ -365,9 +398,9 @@ impl Playback {
             self.burst_sent_ms = 0;
         }
         let start = self.burst_start.unwrap_or(now);
+        let elapsed = now.saturating_duration_since(start);
         while let Some(front) = self.queue.front() {
-            let frame_ms = (front.bytes.len() / BYTES_PER_MS) as u64;
-            let elapsed = now.saturating_duration_since(start);
+            let frame_ms = front.ms();
             if Duration::from_millis(self.burst_sent_ms + frame_ms) > elapsed + self.cfg.lead {
                 break;
             }
@@ -375,79 +408,85 @@ impl Playback {
                 break;
             };
             self.b64.clear();
-            B64.encode_string(&frame.bytes, &mut self.b64);
-            let mut msg = String::with_capacity(self.b64.len() + 80);
-            media::write_media(&mut msg, &sid, &self.b64);
+            B64.encode_string(frame.data(), &mut self.b64);
+            let mut msg = String::with_capacity(self.b64.len() + 40 + sid.len());
+            media::write_media(&mut msg, sid, &self.b64);
             out.twilio.push(msg);
             self.burst_sent_ms += frame_ms;
-            let Some(idx) = self.items.iter().position(|i| i.item_id == frame.item_id) else {
+            let Some(idx) = self.items.iter().position(|i| i.key == frame.key) else {
                 continue;
             };
-            let first = self.items[idx].sent_ms == 0;
-            self.items[idx].sent_ms += frame_ms;
-            let item = &self.items[idx];
+            let item = &mut self.items[idx];
+            item.queued_frames = item.queued_frames.saturating_sub(1);
+            let first = item.sent_ms == 0;
+            item.sent_ms += frame_ms;
             if first || item.sent_ms - item.last_mark_ms >= self.cfg.mark_interval_ms {
+                item.last_mark_ms = item.sent_ms;
+                let (key, end) = (item.key, item.sent_ms);
                 let first_of_response = first
-                    && self.awaiting_first_ack.contains(&item.response_id)
+                    && self
+                        .awaiting_first_ack
+                        .contains(&self.items[idx].response_id)
                     && !self.items[..idx]
                         .iter()
-                        .any(|i| i.response_id == item.response_id);
-                let item_id = item.item_id.clone();
-                let end = item.sent_ms;
-                self.items[idx].last_mark_ms = end;
-                self.send_mark(&sid, &item_id, end, MarkKind::Audio, first_of_response, out);
+                        .any(|i| i.response_id == self.items[idx].response_id);
+                self.send_mark(sid, idx, key, end, MarkKind::Audio, first_of_response, out);
             }
             // The item's last frame: its done mark goes right behind it.
-            let item = &self.items[idx];
-            if item.audio_done
-                && !item.done_mark_sent
-                && item.partial.is_empty()
-                && !self.queue.iter().any(|f| f.item_id == item.item_id)
-            {
-                let (item_id, end) = (item.item_id.clone(), item.sent_ms);
-                self.items[idx].done_mark_sent = true;
-                self.send_mark(&sid, &item_id, end, MarkKind::Done, false, out);
-            }
+            self.maybe_done_mark(sid, idx, out);
         }
-        // Items whose audio is complete and fully sent get their done mark.
-        let mut done = Vec::new();
-        for item in &self.items {
-            let queued = self.queue.iter().any(|f| f.item_id == item.item_id);
-            if item.audio_done && !item.done_mark_sent && !queued && item.partial.is_empty() {
-                done.push((item.item_id.clone(), item.sent_ms));
-            }
-        }
-        for (item_id, end) in done {
-            if let Some(i) = self.item_mut(&item_id) {
-                i.done_mark_sent = true;
-            }
-            self.send_mark(&sid, &item_id, end, MarkKind::Done, false, out);
+        // Items whose audio completed after their last frame was sent.
+        for idx in 0..self.items.len() {
+            self.maybe_done_mark(sid, idx, out);
         }
     }
 
+    fn maybe_done_mark(&mut self, sid: &str, idx: usize, out: &mut Outbox) {
+        let item = &self.items[idx];
+        if item.audio_done
+            && !item.done_mark_sent
+            && item.partial.is_empty()
+            && item.queued_frames == 0
+        {
+            let (key, end) = (item.key, item.sent_ms);
+            self.items[idx].done_mark_sent = true;
+            self.send_mark(sid, idx, key, end, MarkKind::Done, false, out);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn send_mark(
         &mut self,
         sid: &str,
-        item_id: &str,
+        idx: usize,
+        key: u64,
         audio_end_ms: u64,
         kind: MarkKind,
         first: bool,
         out: &mut Outbox,
     ) {
+        use std::fmt::Write as _;
         self.mark_seq += 1;
-        let name = match kind {
-            MarkKind::Audio => format!(
+        let mut name = String::with_capacity(64);
+        let item_id = &self.items[idx].item_id;
+        let _ = match kind {
+            MarkKind::Audio => write!(
+                name,
                 "{item_id}:{audio_end_ms}:g{}:m{}",
                 self.generation, self.mark_seq
             ),
-            MarkKind::Done => format!("done:{item_id}:g{}:m{}", self.generation, self.mark_seq),
+            MarkKind::Done => write!(
+                name,
+                "done:{item_id}:g{}:m{}",
+                self.generation, self.mark_seq
+            ),
         };
-        let mut msg = String::with_capacity(name.len() + 80);
+        let mut msg = String::with_capacity(name.len() + 48 + sid.len());
         media::write_mark(&mut msg, sid, &name);
         out.twilio.push(msg);
         self.pending_marks.push_back(PendingMark {
             name,
-            item_id: item_id.to_owned(),
+            key,
             audio_end_ms,
             kind,
             first,
@@ -468,7 +507,7 @@ impl Playback {
         // Marks are echoed in order; anything before this one has played too.
         let acked: Vec<PendingMark> = self.pending_marks.drain(..=pos).collect();
         for m in acked {
-            let Some(idx) = self.items.iter().position(|i| i.item_id == m.item_id) else {
+            let Some(idx) = self.items.iter().position(|i| i.key == m.key) else {
                 continue;
             };
             let item = &mut self.items[idx];
