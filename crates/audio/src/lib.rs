@@ -5,6 +5,7 @@
 //! detector and the benchmarks decode it.
 
 pub mod g711;
+pub mod resample;
 pub mod wav;
 
 pub use g711::{alaw_decode, alaw_encode, mulaw_decode, mulaw_encode};

@@ -59,9 +59,13 @@ pub async fn connect(
     let auth =
         HeaderValue::from_str(&format!("Bearer {api_key}")).map_err(|_| ConnectError::ApiKey)?;
     request.headers_mut().insert("Authorization", auth);
+    // The read buffer is reserved and zero-filled up front (128 KiB by
+    // default); audio deltas are a few KiB and the buffer grows when needed.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(16 << 20))
-        .max_frame_size(Some(16 << 20));
+        .max_frame_size(Some(16 << 20))
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(8 * 1024);
     let (socket, _response) =
         tokio_tungstenite::connect_async_with_config(request, Some(config), true)
             .await

@@ -6,7 +6,8 @@
 //! - [`playback`]: the outbound pacer, marks and barge-in state machine;
 //! - [`config`]: `voxbridge.toml` + environment variables;
 //! - [`hub`]: in-process call events;
-//! - [`demo`]: a whole call offline, against the emulators.
+//! - [`demo`]: a whole call offline, against the emulators;
+//! - [`loadtest`]: many concurrent emulated calls, latency, loss, CPU, memory.
 
 pub mod agents;
 pub mod api;
@@ -14,6 +15,7 @@ pub mod app;
 pub mod config;
 pub mod demo;
 pub mod hub;
+pub mod loadtest;
 pub mod persist;
 pub mod playback;
 pub mod session;

@@ -3,8 +3,9 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 use voxbridge::config::Config;
-use voxbridge::{App, app, demo};
+use voxbridge::{App, app, demo, loadtest};
 
 mod cli;
 
@@ -74,6 +75,51 @@ enum Command {
         /// Print only the summary.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Drive many concurrent emulated calls against a server and measure
+    /// what the bridge adds (latency each way, loss, late frames, CPU, RSS).
+    Loadtest {
+        /// Start the server inside this process (the default without --target).
+        #[arg(long, conflicts_with = "target")]
+        in_process: bool,
+        /// A running `voxbridge serve`, e.g. http://127.0.0.1:8080 (its
+        /// OPENAI_REALTIME_URL must be ws://127.0.0.1:<model-port>/v1/realtime).
+        #[arg(long)]
+        target: Option<String>,
+        /// With --target: the model simulator listens on 127.0.0.1:PORT.
+        #[arg(long, default_value_t = 9100)]
+        model_port: u16,
+        /// With --target: the server's TWILIO_AUTH_TOKEN.
+        #[arg(long, hide_env_values = true)]
+        auth_token: Option<String>,
+        /// With --target: the server's PUBLIC_URL (default: the target).
+        #[arg(long)]
+        public_url: Option<String>,
+        /// With --target: the server's pid, for CPU and RSS from /proc.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Concurrent calls of each step.
+        #[arg(long, value_delimiter = ',', default_value = "50,100,250")]
+        ramp: Vec<usize>,
+        /// Seconds each step holds all its calls.
+        #[arg(long, default_value_t = 20.0)]
+        hold_s: f64,
+        /// Seconds over which the calls of a step are started.
+        #[arg(long, default_value_t = 5.0)]
+        ramp_up_s: f64,
+        /// Limit on the p99 added latency, each direction.
+        #[arg(long, default_value_t = 10.0)]
+        max_p99_ms: f64,
+        /// Run every step even after one fails.
+        #[arg(long)]
+        no_stop: bool,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "target/loadtest/report.json")]
+        json: PathBuf,
+        /// 50 calls for 10 s in-process; exit 1 on any lost, duplicated,
+        /// reordered or late frame (correctness, not speed).
+        #[arg(long, conflicts_with_all = ["target", "ramp"])]
+        smoke: bool,
     },
 }
 
@@ -167,6 +213,60 @@ fn main() -> anyhow::Result<()> {
                     api_key,
                 })
                 .await
+            }
+            Command::Loadtest {
+                in_process: _,
+                target,
+                model_port,
+                auth_token,
+                public_url,
+                server_pid,
+                ramp,
+                hold_s,
+                ramp_up_s,
+                max_p99_ms,
+                no_stop,
+                json,
+                smoke,
+            } => {
+                let secs = |name: &str, v: f64| {
+                    Duration::try_from_secs_f64(v)
+                        .map_err(|_| anyhow::anyhow!("--{name} must be a number of seconds ≥ 0"))
+                };
+                let mut opts = if smoke {
+                    loadtest::LoadtestOptions::smoke()
+                } else {
+                    loadtest::LoadtestOptions {
+                        ramp,
+                        hold: secs("hold-s", hold_s)?,
+                        ramp_up: secs("ramp-up-s", ramp_up_s)?,
+                        max_p99_ms,
+                        ..loadtest::LoadtestOptions::default()
+                    }
+                };
+                opts.stop_on_fail = !no_stop;
+                if let Some(base) = target {
+                    let auth_token = auth_token
+                        .context("--target needs --auth-token (the server's TWILIO_AUTH_TOKEN)")?;
+                    opts.target = Some(loadtest::Target {
+                        public_url: public_url.unwrap_or_else(|| base.clone()),
+                        base_url: base,
+                        model_port,
+                        auth_token,
+                        server_pid,
+                    });
+                }
+                let report = loadtest::run(opts).await?;
+                print!("{}", loadtest::markdown(&report));
+                loadtest::write_json(&report, &json)
+                    .with_context(|| format!("writing {}", json.display()))?;
+                println!("JSON report: {}", json.display());
+                if smoke && !report.pass {
+                    anyhow::bail!(
+                        "loadtest smoke: frames were lost, duplicated, reordered or late"
+                    );
+                }
+                Ok(())
             }
             Command::Demo { record, quiet } => {
                 let report = demo::run(demo::DemoOptions {

@@ -1668,6 +1668,7 @@ impl Conn {
         p.emit(&probe::ProbeEvent::Uplink {
             conn: self.id,
             call: tag.call,
+            seq: tag.seq,
             latency_us,
             check,
         });
@@ -2486,6 +2487,8 @@ pub mod probe {
         Uplink {
             conn: u64,
             call: u32,
+            /// The frame's sequence in its call (from 0).
+            seq: u32,
             /// now − the tag's send time, µs.
             latency_us: u32,
             check: SeqCheck,
