@@ -4,5 +4,6 @@
 mod call;
 mod cli;
 mod helpers;
+mod loadtest;
 mod rest;
 mod robustness;
