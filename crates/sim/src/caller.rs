@@ -892,7 +892,14 @@ pub async fn run_call_with(
         req.headers_mut().insert("X-Twilio-Signature", v);
     }
     let (mut ws, _resp) =
-        match tokio::time::timeout(NET_TIMEOUT, tokio_tungstenite::connect_async(req)).await {
+        // TCP_NODELAY, as a media gateway would: with Nagle, a frame sent
+        // right after a small mark echo waits for the server's delayed ACK.
+        match tokio::time::timeout(
+            NET_TIMEOUT,
+            tokio_tungstenite::connect_async_with_config(req, None, true),
+        )
+        .await
+        {
             Err(_) => return Err(CallerError::Timeout("media WebSocket handshake")),
             Ok(Err(tungstenite::Error::Http(resp))) => {
                 return Err(CallerError::WsRejected {
