@@ -64,7 +64,7 @@ pub async fn connect(
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(16 << 20))
         .max_frame_size(Some(16 << 20))
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024);
     let (socket, _response) =
         tokio_tungstenite::connect_async_with_config(request, Some(config), true)

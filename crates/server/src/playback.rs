@@ -439,6 +439,11 @@ impl Playback {
         for idx in 0..self.items.len() {
             self.maybe_done_mark(sid, idx, out);
         }
+        // A reply streamed faster than real time may have grown the queue
+        // to seconds of audio; give that memory back once it has drained.
+        if self.queue.is_empty() && self.queue.capacity() > 64 {
+            self.queue.shrink_to(16);
+        }
     }
 
     fn maybe_done_mark(&mut self, sid: &str, idx: usize, out: &mut Outbox) {
