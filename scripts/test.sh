@@ -14,7 +14,7 @@ step() {
     printf '\n==== %s ====\n' "$*"
 }
 
-step "1/7 Python venv with the conformance oracles (conformance/requirements.txt)"
+step "1/8 Python venv with the conformance oracles (conformance/requirements.txt)"
 if [[ ! -x "$PY" ]] || ! "$PY" -m pip --version >/dev/null 2>&1; then
     # missing, or left half-made by a python3 without ensurepip: (re)create it
     python3 -m venv --clear "$VENV"
@@ -30,23 +30,23 @@ echo "VOXBRIDGE_TEST_PG_URL=$VOXBRIDGE_TEST_PG_URL"
 # the official twilio package signs webhooks for one end-to-end test
 export VOXBRIDGE_PYTHON="$PY"
 
-step "2/7 cargo build --workspace --all-targets"
+step "2/8 cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
 
-step "3/7 cargo test --workspace (captures Realtime client events for step 5)"
+step "3/8 cargo test --workspace (captures Realtime client events for step 5)"
 mkdir -p "$CONF_DIR"
 export VOXBRIDGE_CONFORMANCE_DIR="$CONF_DIR"
 # start from a clean capture so a stale file cannot satisfy step 5
 rm -f "$CONF_DIR/realtime_client_events.jsonl"
 cargo test --workspace
 
-step "4/7 Twilio signatures + TwiML vs the official twilio package"
+step "4/8 Twilio signatures + TwiML vs the official twilio package"
 cargo run -q -p voxbridge-twilio --example conformance_vectors > "$CONF_DIR/twilio_vectors.json"
 "$PY" conformance/check_twilio.py "$CONF_DIR/twilio_vectors.json"
 cargo build -q -p voxbridge-twilio --example capture_create_call
 "$PY" conformance/check_create_call.py target/debug/examples/capture_create_call
 
-step "5/7 OpenAI Realtime client events vs the openai SDK models (strict)"
+step "5/8 OpenAI Realtime client events vs the openai SDK models (strict)"
 "$PY" conformance/check_realtime_events.py --self-test
 EVENTS="$CONF_DIR/realtime_client_events.jsonl"
 if [[ ! -f "$EVENTS" ]]; then
@@ -55,11 +55,16 @@ if [[ ! -f "$EVENTS" ]]; then
 fi
 "$PY" conformance/check_realtime_events.py "$EVENTS"
 
-step "6/7 cargo clippy -D warnings, cargo fmt --check"
+step "6/8 cargo clippy -D warnings, cargo fmt --check"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo fmt --all --check
 
-step "7/7 cargo bench --workspace --no-run"
+step "7/8 cargo bench --workspace --no-run"
 cargo bench --workspace --no-run
+
+step "8/8 load generator smoke: 50 calls for 10 s, no lost, duplicated, reordered or late frame"
+# A correctness check, not a speed check: release build, in-process.
+cargo build -q --release -p voxbridge --bin voxbridge
+target/release/voxbridge loadtest --smoke --json "$CONF_DIR/loadtest_smoke.json"
 
 step "all checks passed"
