@@ -137,15 +137,32 @@ pub async fn calls(config: Option<&Path>, cmd: CallsCommand) -> anyhow::Result<(
     Ok(())
 }
 
+#[derive(clap::Args, Debug)]
 pub struct CallArgs {
+    /// The number to call (E.164).
     pub to: String,
+    /// Agent name.
+    #[arg(long)]
     pub agent: Option<String>,
+    /// Task type (appointment_reminder, survey, notification, custom…).
+    #[arg(long = "type", default_value = "custom")]
     pub kind: String,
+    /// What the agent must do.
+    #[arg(long, default_value = "")]
     pub prompt: String,
+    /// Facts for the agent, `key=value` (repeatable).
+    #[arg(long = "context", value_parser = crate::parse_kv)]
     pub context: Vec<(String, String)>,
+    /// Caller id (default: the server's TWILIO_PHONE_NUMBER).
+    #[arg(long)]
     pub from: Option<String>,
+    #[arg(long)]
     pub voice: Option<String>,
+    /// Server base URL.
+    #[arg(long, env = "VOXBRIDGE_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// API key (create one with `voxbridge keys create`).
+    #[arg(long, env = "VOXBRIDGE_API_KEY", hide_env_values = true)]
     pub api_key: String,
 }
 

@@ -28,33 +28,7 @@ enum Command {
     /// Answer Twilio calls and bridge them to the OpenAI Realtime API.
     Serve,
     /// Place a call through a running server and follow it live.
-    Call {
-        /// The number to call (E.164).
-        to: String,
-        /// Agent name.
-        #[arg(long)]
-        agent: Option<String>,
-        /// Task type (appointment_reminder, survey, notification, custom…).
-        #[arg(long = "type", default_value = "custom")]
-        kind: String,
-        /// What the agent must do.
-        #[arg(long, default_value = "")]
-        prompt: String,
-        /// Facts for the agent, `key=value` (repeatable).
-        #[arg(long = "context", value_parser = parse_kv)]
-        context: Vec<(String, String)>,
-        /// Caller id (default: the server's TWILIO_PHONE_NUMBER).
-        #[arg(long)]
-        from: Option<String>,
-        #[arg(long)]
-        voice: Option<String>,
-        /// Server base URL.
-        #[arg(long, env = "VOXBRIDGE_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
-        /// API key (create one with `voxbridge keys create`).
-        #[arg(long, env = "VOXBRIDGE_API_KEY", hide_env_values = true)]
-        api_key: String,
-    },
+    Call(cli::CallArgs),
     /// Calls in the database.
     Calls {
         #[command(subcommand)]
@@ -190,30 +164,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Keys { command } => cli::keys(cli.config.as_deref(), command).await,
             Command::Calls { command } => cli::calls(cli.config.as_deref(), command).await,
-            Command::Call {
-                to,
-                agent,
-                kind,
-                prompt,
-                context,
-                from,
-                voice,
-                url,
-                api_key,
-            } => {
-                cli::call(cli::CallArgs {
-                    to,
-                    agent,
-                    kind,
-                    prompt,
-                    context,
-                    from,
-                    voice,
-                    url,
-                    api_key,
-                })
-                .await
-            }
+            Command::Call(args) => cli::call(args).await,
             Command::Loadtest {
                 in_process: _,
                 target,

@@ -87,6 +87,17 @@ pub fn sim_config() -> RealtimeSimConfig {
 pub async fn spawn_app_with(sim_cfg: RealtimeSimConfig, env: &[(&str, &str)]) -> TestApp {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let sim = RealtimeSim::start(sim_cfg).await.expect("simulator starts");
+    start_server(sim, Vec::new(), env, None).await
+}
+
+/// Bind a port, configure the server from the usual test variables plus
+/// `extra` and `env` (later entries win), and serve it in the background.
+async fn start_server(
+    sim: RealtimeSim,
+    extra: Vec<(String, String)>,
+    env: &[(&str, &str)],
+    store: Option<voxbridge_store::Store>,
+) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -98,16 +109,19 @@ pub async fn spawn_app_with(sim_cfg: RealtimeSimConfig, env: &[(&str, &str)]) ->
         ("OPENAI_REALTIME_URL".into(), sim.ws_url()),
         ("TWILIO_AUTH_TOKEN".into(), AUTH_TOKEN.into()),
     ];
-    for (k, v) in env {
-        vars.retain(|(n, _)| n != k);
-        vars.push(((*k).into(), (*v).into()));
+    let overrides = extra
+        .into_iter()
+        .chain(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    for (k, v) in overrides {
+        vars.retain(|(n, _)| *n != k);
+        vars.push((k, v));
     }
     let config = Config::from_sources(None, |k| {
         vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
     })
     .expect("config");
     let public_url = config.public_url.clone();
-    let state = App::build(config);
+    let state = App::build_with(config, store);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app::run(state.clone(), listener, async {
         let _ = rx.await;
@@ -278,43 +292,15 @@ pub async fn spawn_full(
     let sim = RealtimeSim::start(sim_config())
         .await
         .expect("simulator starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let mut vars: Vec<(String, String)> = vec![
-        ("PUBLIC_URL".into(), format!("http://127.0.0.1:{port}")),
-        ("PORT".into(), port.to_string()),
-        ("OPENAI_API_KEY".into(), API_KEY.into()),
-        ("OPENAI_REALTIME_URL".into(), sim.ws_url()),
-        ("TWILIO_AUTH_TOKEN".into(), AUTH_TOKEN.into()),
-        ("TWILIO_ACCOUNT_SID".into(), ACCOUNT_SID_FULL.into()),
-        ("TWILIO_PHONE_NUMBER".into(), FROM_NUMBER.into()),
-        ("TWILIO_API_BASE".into(), twilio.base_url()),
-        ("DATABASE_URL".into(), db),
+    let extra = vec![
+        ("TWILIO_ACCOUNT_SID".to_owned(), ACCOUNT_SID_FULL.to_owned()),
+        ("TWILIO_PHONE_NUMBER".to_owned(), FROM_NUMBER.to_owned()),
+        ("TWILIO_API_BASE".to_owned(), twilio.base_url()),
+        ("DATABASE_URL".to_owned(), db),
     ];
-    for (k, v) in env {
-        vars.retain(|(n, _)| n != k);
-        vars.push(((*k).into(), (*v).into()));
-    }
-    let config = Config::from_sources(None, |k| {
-        vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
-    })
-    .expect("config");
-    let public_url = config.public_url.clone();
-    let state = App::build_with(config, Some(store.clone()));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app::run(state.clone(), listener, async {
-        let _ = rx.await;
-    }));
+    let app = start_server(sim, extra, env, Some(store.clone())).await;
     FullApp {
-        app: TestApp {
-            port,
-            public_url,
-            sim,
-            state,
-            stop: Some(tx),
-        },
+        app,
         twilio,
         store,
         api_key,
