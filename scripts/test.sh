@@ -14,6 +14,30 @@ step() {
     printf '\n==== %s ====\n' "$*"
 }
 
+as_root() {
+    if [[ "$(id -u)" -eq 0 ]]; then "$@"; else sudo "$@"; fi
+}
+
+step "0/8 system packages the tests need (Debian): python3-venv, postgresql"
+missing=()
+if ! command -v python3 >/dev/null 2>&1; then
+    missing+=(python3 python3-venv)
+else
+    probe="$(mktemp -d)"
+    python3 -m venv "$probe/venv" >/dev/null 2>&1 || missing+=(python3-venv)
+    rm -rf "$probe"
+fi
+if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+    missing+=(postgresql)
+fi
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+else
+    echo "nothing to install"
+fi
+
 step "1/8 Python venv with the conformance oracles (conformance/requirements.txt)"
 if [[ ! -x "$PY" ]] || ! "$PY" -m pip --version >/dev/null 2>&1; then
     # missing, or left half-made by a python3 without ensurepip: (re)create it
