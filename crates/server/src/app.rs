@@ -523,8 +523,15 @@ async fn media_socket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    // Twilio signs the wss:// Stream URL of the TwiML, with no parameters.
-    check_signature(&state, &headers, &state.config.stream_url(), &[])?;
+    // Twilio signs the handshake over the Stream URL with no parameters.
+    // Reports say it uses the TwiML's wss:// URL; accept the same URL with
+    // PUBLIC_URL's own scheme too, so a scheme difference cannot turn every
+    // real call away (both come from our configuration, under the same key).
+    let stream_url = state.config.stream_url();
+    if check_signature(&state, &headers, &stream_url, &[]).is_err() {
+        let public_form = format!("{}/twilio/media", state.config.public_url);
+        check_signature(&state, &headers, &public_form, &[])?;
+    }
     let max = state.config.max_frame_bytes;
     Ok(upgrade
         .max_message_size(max)

@@ -748,12 +748,19 @@ async fn signatures_routes_and_health() {
         Err(e) => panic!("badly signed upgrade: expected HTTP 403, got {e:?}"),
         Ok(_) => panic!("badly signed upgrade accepted"),
     }
-    // Signed over the wrong URL (http:// instead of the wss:// Stream URL).
-    let wrong_url_sig = media_signature(AUTH_TOKEN, &app.http("/twilio/media"));
+    // Signed over another URL (another path) is refused.
+    let wrong_url_sig = media_signature(AUTH_TOKEN, &app.http("/twilio/other"));
     match connect_media(&app, Some(&wrong_url_sig)).await {
         Err((Some(403), _)) => {}
         Err(e) => panic!("upgrade signed over the wrong URL: expected 403, got {e:?}"),
         Ok(_) => panic!("upgrade signed over the wrong URL accepted"),
+    }
+    // The Stream URL with PUBLIC_URL's own scheme is accepted too (which
+    // scheme Twilio signs the handshake with is not verified on a real call).
+    let public_scheme_sig = media_signature(AUTH_TOKEN, &app.http("/twilio/media"));
+    match connect_media(&app, Some(&public_scheme_sig)).await {
+        Ok(ws) => drop(ws),
+        Err(e) => panic!("upgrade signed over the PUBLIC_URL form refused: {e:?}"),
     }
     // Control: correctly signed.
     let ws = signed_media(&app).await;
