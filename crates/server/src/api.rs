@@ -109,14 +109,9 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Browsers cannot set headers on a WebSocket: allow ?api_key=.
         let secret = bearer(&parts.headers)
-            .or_else(|| {
-                // Browsers cannot set headers on a WebSocket: allow ?api_key=.
-                let q = parts.uri.query()?;
-                url::form_urlencoded::parse(q.as_bytes())
-                    .find(|(k, _)| k == "api_key")
-                    .map(|(_, v)| v.into_owned())
-            })
+            .or_else(|| crate::app::query_value(&parts.uri, "api_key"))
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::UNAUTHORIZED,

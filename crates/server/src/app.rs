@@ -214,13 +214,6 @@ fn twilio_client(config: &Config) -> Option<TwilioClient> {
     }
 }
 
-/// The per-call settings a config implies (the default agent, no task).
-pub fn call_settings(config: &Config) -> CallSettings {
-    let agents = Agents::from_config(config);
-    let agent = agents.for_number("");
-    settings_for(config, agent, None, None, None)
-}
-
 /// The settings of one call: agent, task and overrides.
 pub fn settings_for(
     config: &Config,
@@ -362,15 +355,7 @@ async fn voice(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let url = format!(
-        "{}{}",
-        state.config.public_url,
-        uri.path_and_query().map_or("/twilio/voice", |p| p.as_str())
-    );
-    check_signature(&state, &headers, &url, &params)?;
+    let params = signed_form(&state, &uri, &headers, &body)?;
     let Some(api_key) = state.config.openai_api_key.clone() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -385,19 +370,9 @@ async fn voice(
             "this node is at its call limit",
         ));
     }
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
+    let param = |name: &str| form_value(&params, name).unwrap_or_default().to_owned();
     // Outbound calls carry our call id; inbound calls get one now.
-    let outbound_id = uri.query().and_then(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "call_id")
-            .map(|(_, v)| v.into_owned())
-    });
+    let outbound_id = query_value(&uri, "call_id");
     let (call_id, settings) = match (&outbound_id, &state.store) {
         (Some(id), Some(store)) => {
             let call = store.get_call(id).await?.ok_or_else(|| {
@@ -605,7 +580,10 @@ pub async fn handle_media(state: AppState, mut twilio: Link) {
                 };
                 let settings = Arc::new(match &stored {
                     Some(call) => settings_for_record(&state, call),
-                    None => call_settings(&state.config),
+                    None => {
+                        let agent = state.agents.for_number("");
+                        settings_for(&state.config, agent, None, None, None)
+                    }
                 });
                 state.active_calls.fetch_add(1, Ordering::Relaxed);
                 (
@@ -702,6 +680,13 @@ fn signed_form(
     Ok(params)
 }
 
+/// A parameter of the request's query string.
+pub(crate) fn query_value(uri: &axum::http::Uri, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(uri.query()?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 fn form_value<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params
         .iter()
@@ -717,11 +702,7 @@ async fn callback_call(
     params: &[(String, String)],
 ) -> Result<voxbridge_store::CallRecord, ApiError> {
     let store = state.store()?;
-    let by_id = uri.query().and_then(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "call_id")
-            .map(|(_, v)| v.into_owned())
-    });
+    let by_id = query_value(uri, "call_id");
     let found = match (by_id, form_value(params, "CallSid")) {
         (Some(id), _) => store.get_call(&id).await?,
         (None, Some(sid)) => store.call_by_twilio_sid(sid).await?,

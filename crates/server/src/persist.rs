@@ -3,16 +3,21 @@
 
 use crate::hub::{CallEvent, CallEventKind, Speaker};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tracing::warn;
+use tracing::{debug, warn};
 use voxbridge_store::Store;
 
 /// Write events until the hub is gone.
 pub async fn run_writer(store: Store, mut rx: UnboundedReceiver<CallEvent>) {
     while let Some(ev) = rx.recv().await {
-        if let Err(e) = write(&store, &ev).await {
-            // The call row may not exist (e.g. a call the store never saw);
-            // log and go on: one bad event must not stop the writer.
-            warn!(call_id = %ev.call_id, error = %e, "could not persist call event");
+        match write(&store, &ev).await {
+            Ok(()) => {}
+            // A call the store has no row for (no lookup first: that would
+            // double the queries of every event).
+            Err(voxbridge_store::StoreError::NotFound) => {
+                debug!(call_id = %ev.call_id, "event of a call not in the store")
+            }
+            // Log and go on: one bad event must not stop the writer.
+            Err(e) => warn!(call_id = %ev.call_id, error = %e, "could not persist call event"),
         }
     }
 }
@@ -20,9 +25,6 @@ pub async fn run_writer(store: Store, mut rx: UnboundedReceiver<CallEvent>) {
 async fn write(store: &Store, ev: &CallEvent) -> Result<(), voxbridge_store::StoreError> {
     let at = ev.at_ms as i64;
     let id = ev.call_id.as_str();
-    if store.get_call(id).await?.is_none() {
-        return Ok(()); // not a stored call (e.g. the store was added later)
-    }
     match &ev.kind {
         CallEventKind::Transcript { speaker, text } => {
             let who = match speaker {

@@ -190,6 +190,16 @@ pub fn pg_admin_url() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// True (with a note) when no PostgreSQL is available for the PostgreSQL
+/// variant of a test; `scripts/test.sh` always provides one.
+pub fn skip_without_postgres() -> bool {
+    let skip = pg_admin_url().is_none();
+    if skip {
+        eprintln!("VOXBRIDGE_TEST_PG_URL not set: PostgreSQL variant skipped");
+    }
+    skip
+}
+
 /// A fresh database URL for one test.
 pub async fn fresh_database(backend: Backend) -> String {
     let name = format!("vbapi_{}", uuid::Uuid::new_v4().simple());

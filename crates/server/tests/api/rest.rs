@@ -155,8 +155,7 @@ async fn outbound_call_end_to_end_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_call_end_to_end_on_postgres() {
-    if pg_admin_url().is_none() {
-        eprintln!("VOXBRIDGE_TEST_PG_URL not set: PostgreSQL variant skipped");
+    if skip_without_postgres() {
         return;
     }
     outbound_call_is_recorded_completely(Backend::Postgres).await;
@@ -243,8 +242,7 @@ async fn idempotency_outcomes_and_listing_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_outcomes_and_listing_on_postgres() {
-    if pg_admin_url().is_none() {
-        eprintln!("VOXBRIDGE_TEST_PG_URL not set: PostgreSQL variant skipped");
+    if skip_without_postgres() {
         return;
     }
     idempotency_and_outcomes(Backend::Postgres).await;
@@ -477,7 +475,7 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twilio_errors_and_rate_limits_map_to_codes() {
+async fn failed_dials_and_rate_limits() {
     let mut emu = emulator();
     emu.outcomes = vec![("+14155550113".into(), Outcome::Fail)];
     let full = spawn_full(
