@@ -415,6 +415,14 @@ macro_rules! with_pool {
     };
 }
 
+mod campaigns;
+pub use campaigns::{
+    AttemptRecord, CampaignCounts, CampaignRecord, ContactFilter, ContactLogEntry, ContactNext,
+    ContactRecord, DialTicket, DispatchChoice, DispatchInput, DispatchLimits, DncEntry,
+    FinishInput, HISTORY_WINDOW_MS, HistoryEntry, NewCampaign, NewContact, OPEN_CONTACT_STATES,
+    call_task, is_final_contact_state,
+};
+
 /// The store; cheap to clone (the pools are reference-counted).
 #[derive(Debug, Clone)]
 pub struct Store {

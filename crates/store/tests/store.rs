@@ -153,6 +153,14 @@ suite!(
     tool_calls_round_trip,
     api_keys_lifecycle,
     migrations_are_idempotent,
+    campaign_create_and_counts,
+    dispatch_dials_defers_refuses,
+    dispatch_respects_concurrency_and_pacing,
+    concurrent_dispatchers_dial_each_contact_once,
+    finish_attempt_retry_final_and_idempotent,
+    not_placed_and_expired_leases,
+    dnc_closes_waiting_contacts,
+    cancel_and_complete,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -841,4 +849,457 @@ fn pg_url_replaces_the_database() {
         "postgresql://u:p@h/t?sslmode=disable"
     );
     assert_eq!(pg_url_for("postgres://h:1", "t"), "postgres://h:1/t");
+}
+
+// -- campaigns --------------------------------------------------------------------------------
+
+use voxbridge_store::{
+    ContactFilter, ContactNext, DispatchChoice, DispatchLimits, NewCampaign, NewContact,
+};
+
+fn new_campaign(id: &str, max_concurrent: i64, calls_per_minute: i64) -> NewCampaign {
+    NewCampaign {
+        id: id.into(),
+        name: format!("campaign {id}"),
+        agent: "default".into(),
+        task: Some(json!({"prompt": "remind them"})),
+        from_number: "+15550000000".into(),
+        policy: json!({}),
+        max_concurrent,
+        calls_per_minute,
+        failure_threshold: 0.5,
+        api_key_id: None,
+        created_at_ms: 1_000,
+    }
+}
+
+fn contacts(n: usize) -> Vec<NewContact> {
+    (0..n)
+        .map(|i| NewContact {
+            row_number: i as i64 + 2,
+            phone: format!("+1212555{:04}", i),
+            name: Some(format!("Person {i}")),
+            timezone: None,
+            consent: true,
+            context: json!({"i": i}),
+        })
+        .collect()
+}
+
+fn limits(now_ms: i64, node: &str) -> DispatchLimits {
+    DispatchLimits {
+        now_ms,
+        node: node.into(),
+        lease_ms: 30_000,
+        node_free: 1_000,
+    }
+}
+
+async fn campaign_create_and_counts(db: TestDb) -> TestResult {
+    let s = &db.store;
+    let c = s
+        .create_campaign(&new_campaign("c1", 5, 0), &contacts(3))
+        .await?;
+    assert_eq!(c.status, "active");
+    assert_eq!(c.task, Some(json!({"prompt": "remind them"})));
+    let counts = s.campaign_counts("c1").await?;
+    assert_eq!((counts.total, counts.pending), (3, 3));
+    assert_eq!(counts.next_due_at_ms, Some(1_000));
+    // a duplicate number in one import: nothing is written
+    let mut dup = contacts(2);
+    dup.push(dup[0].clone());
+    assert!(matches!(
+        s.create_campaign(&new_campaign("c2", 5, 0), &dup).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.get_campaign("c2").await?.is_none());
+    // adding a number already in the campaign: Conflict, nothing added
+    let again = vec![contacts(4)[3].clone(), contacts(1)[0].clone()];
+    assert!(matches!(
+        s.add_contacts("c1", &again, 2_000).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.campaign_counts("c1").await?.total, 3);
+    assert_eq!(s.add_contacts("c1", &contacts(5)[3..], 2_000).await?, 2);
+    assert_eq!(s.campaign_phones("c1").await?.len(), 5);
+    assert!(matches!(
+        s.add_contacts("nope", &contacts(1), 2_000).await,
+        Err(StoreError::NotFound)
+    ));
+    Ok(())
+}
+
+async fn dispatch_dials_defers_refuses(db: TestDb) -> TestResult {
+    let s = &db.store;
+    s.create_campaign(&new_campaign("c1", 10, 0), &contacts(3))
+        .await?;
+    let tickets = s
+        .dispatch("c1", &limits(5_000, "n1"), |inp| {
+            match inp.contact.row_number {
+                2 => DispatchChoice::Dial,
+                3 => DispatchChoice::Defer {
+                    until_ms: 90_000,
+                    code: "OUTSIDE_WINDOW".into(),
+                    message: "too early".into(),
+                },
+                _ => DispatchChoice::Refuse {
+                    state: "refused",
+                    code: "NO_CONSENT".into(),
+                    message: "no consent".into(),
+                },
+            }
+        })
+        .await?;
+    assert_eq!(tickets.len(), 1);
+    let t = &tickets[0];
+    assert_eq!(t.attempt.state, "dialing");
+    assert_eq!(t.attempt.seq, 1);
+    assert_eq!(t.contact.state, "dialing");
+    assert_eq!(t.contact.attempts, 1);
+    let call = s.get_call(&t.attempt.call_id).await?.expect("call row");
+    assert_eq!(call.status, "queued");
+    assert_eq!(call.to_number, t.contact.phone);
+    assert_eq!(
+        call.task
+            .as_ref()
+            .and_then(|v| v["context"]["fields"]["i"].as_i64()),
+        Some(0)
+    );
+    let all = s.list_contacts("c1", &ContactFilter::default()).await?;
+    assert_eq!(all[1].state, "deferred");
+    assert_eq!(all[1].next_run_at_ms, 90_000);
+    assert_eq!(all[1].reason_code.as_deref(), Some("OUTSIDE_WINDOW"));
+    assert_eq!(all[2].state, "refused");
+    let log = s.contact_log(&all[1].id).await?;
+    assert_eq!(log.last().map(|l| l.kind.as_str()), Some("deferred"));
+    // the deferred contact is not due before 90 s; nothing else is due
+    let again = s
+        .dispatch("c1", &limits(60_000, "n1"), |_| DispatchChoice::Dial)
+        .await?;
+    assert!(again.is_empty());
+    // history reaches decide(): the dialing attempt is visible for that number
+    s.create_campaign(&new_campaign("c2", 10, 0), &contacts(1))
+        .await?;
+    let mut seen = 0;
+    let t2 = s
+        .dispatch("c2", &limits(6_000, "n1"), |inp| {
+            seen = inp.history.len();
+            DispatchChoice::Dial
+        })
+        .await?;
+    assert_eq!(seen, 1);
+    // …and a second live call to the same number is deferred, not dialed
+    assert!(t2.is_empty());
+    let c2 = s.list_contacts("c2", &ContactFilter::default()).await?;
+    assert_eq!(c2[0].reason_code.as_deref(), Some("NUMBER_BUSY_HERE"));
+    Ok(())
+}
+
+async fn dispatch_respects_concurrency_and_pacing(db: TestDb) -> TestResult {
+    let s = &db.store;
+    s.create_campaign(&new_campaign("c1", 2, 0), &contacts(5))
+        .await?;
+    let t = s
+        .dispatch("c1", &limits(5_000, "n1"), |_| DispatchChoice::Dial)
+        .await?;
+    assert_eq!(t.len(), 2, "max_concurrent = 2");
+    let t = s
+        .dispatch("c1", &limits(5_000, "n1"), |_| DispatchChoice::Dial)
+        .await?;
+    assert!(t.is_empty(), "two calls live");
+    // node limit
+    s.create_campaign(&new_campaign("c2", 10, 0), &contacts(20)[10..].to_vec())
+        .await?;
+    let mut lim = limits(5_000, "n1");
+    lim.node_free = 1;
+    assert_eq!(
+        s.dispatch("c2", &lim, |_| DispatchChoice::Dial)
+            .await?
+            .len(),
+        1
+    );
+    // pacing: 6 calls per minute = one per 10 s, no burst after idle time
+    s.create_campaign(&new_campaign("c3", 10, 6), &contacts(40)[30..].to_vec())
+        .await?;
+    assert_eq!(
+        s.dispatch("c3", &limits(100_000, "n1"), |_| DispatchChoice::Dial)
+            .await?
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.dispatch("c3", &limits(105_000, "n1"), |_| DispatchChoice::Dial)
+            .await?
+            .len(),
+        0
+    );
+    assert_eq!(
+        s.dispatch("c3", &limits(110_000, "n1"), |_| DispatchChoice::Dial)
+            .await?
+            .len(),
+        1
+    );
+    // idle for 21 s: no burst to catch up…
+    assert_eq!(
+        s.dispatch("c3", &limits(131_000, "n1"), |_| DispatchChoice::Dial)
+            .await?
+            .len(),
+        1
+    );
+    // …and a fast campaign (600/min) gets one second's worth per tick
+    s.create_campaign(&new_campaign("c4", 100, 600), &contacts(80)[50..].to_vec())
+        .await?;
+    assert_eq!(
+        s.dispatch("c4", &limits(200_000, "n1"), |_| DispatchChoice::Dial)
+            .await?
+            .len(),
+        11
+    );
+    assert_eq!(
+        s.dispatch("c4", &limits(200_500, "n1"), |_| DispatchChoice::Dial)
+            .await?
+            .len(),
+        5
+    );
+    Ok(())
+}
+
+async fn concurrent_dispatchers_dial_each_contact_once(db: TestDb) -> TestResult {
+    let s = &db.store;
+    s.create_campaign(&new_campaign("c1", 1_000, 0), &contacts(120))
+        .await?;
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let store = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for round in 0..40 {
+                let mut lim = limits(5_000 + round, &format!("n{w}"));
+                lim.node_free = 3;
+                let t = store.dispatch("c1", &lim, |_| DispatchChoice::Dial).await?;
+                got.extend(t.into_iter().map(|t| t.contact.id));
+            }
+            Ok::<_, StoreError>(got)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task")?);
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 120, "every contact dialed");
+    assert_eq!(unique.len(), 120, "no contact dialed twice");
+    assert_eq!(s.campaign_attempts("c1").await?.len(), 120);
+    Ok(())
+}
+
+async fn finish_attempt_retry_final_and_idempotent(db: TestDb) -> TestResult {
+    let s = &db.store;
+    s.create_campaign(&new_campaign("c1", 10, 0), &contacts(2))
+        .await?;
+    let t = s
+        .dispatch("c1", &limits(5_000, "n1"), |_| DispatchChoice::Dial)
+        .await?;
+    assert_eq!(t.len(), 2);
+    assert!(
+        s.attempt_placed(&t[0].attempt.id, "CA0001", 400_000, 5_100)
+            .await?
+    );
+    assert!(
+        !s.attempt_placed(&t[0].attempt.id, "CA0001", 400_000, 5_100)
+            .await?
+    );
+    assert_eq!(
+        s.get_call(&t[0].attempt.call_id)
+            .await?
+            .and_then(|c| c.twilio_call_sid)
+            .as_deref(),
+        Some("CA0001")
+    );
+    let (contact, next) = s
+        .finish_attempt(&t[0].attempt.id, "busy", None, 9_000, |inp| {
+            assert_eq!(inp.outcome, "busy");
+            assert_eq!(inp.history.len(), 1);
+            assert_eq!(inp.history[0].outcome.as_deref(), Some("busy"));
+            ContactNext::Retry {
+                at_ms: 50_000,
+                message: "retry at 10:00".into(),
+            }
+        })
+        .await?
+        .expect("finished");
+    assert_eq!(contact.state, "deferred");
+    assert_eq!(contact.next_run_at_ms, 50_000);
+    assert_eq!(contact.last_outcome.as_deref(), Some("busy"));
+    assert!(matches!(next, ContactNext::Retry { .. }));
+    // a second report of the same end changes nothing
+    assert!(
+        s.finish_attempt(
+            &t[0].attempt.id,
+            "completed",
+            None,
+            9_500,
+            |_| unreachable!()
+        )
+        .await?
+        .is_none()
+    );
+    // the retry is a new attempt with seq 2
+    let t2 = s
+        .dispatch("c1", &limits(50_000, "n1"), |_| DispatchChoice::Dial)
+        .await?;
+    assert_eq!(t2.len(), 1);
+    assert_eq!(t2[0].attempt.seq, 2);
+    assert_eq!(t2[0].contact.attempts, 2);
+    let (c, _) = s
+        .finish_attempt(
+            &t2[0].attempt.id,
+            "completed",
+            Some("human"),
+            60_000,
+            |_| ContactNext::Final {
+                state: "completed",
+                code: "COMPLETED".into(),
+                message: "talked".into(),
+            },
+        )
+        .await?
+        .expect("finished");
+    assert_eq!(c.state, "completed");
+    s.finish_attempt(&t[1].attempt.id, "opted_out", None, 61_000, |_| {
+        ContactNext::Final {
+            state: "opted_out",
+            code: "OPTED_OUT".into(),
+            message: "asked not to be called".into(),
+        }
+    })
+    .await?;
+    let camp = s.get_campaign("c1").await?.expect("campaign");
+    assert_eq!(camp.status, "completed", "no open contacts left");
+    assert_eq!(
+        s.recent_outcomes("c1", 0, 10).await?,
+        vec!["opted_out", "completed", "busy"]
+    );
+    Ok(())
+}
+
+async fn not_placed_and_expired_leases(db: TestDb) -> TestResult {
+    let s = &db.store;
+    s.create_campaign(&new_campaign("c1", 10, 0), &contacts(3))
+        .await?;
+    let t = s
+        .dispatch("c1", &limits(5_000, "n1"), |_| DispatchChoice::Dial)
+        .await?;
+    assert_eq!(t.len(), 3);
+    // Twilio refused one outright
+    assert!(
+        s.attempt_not_placed(&t[0].attempt.id, "Twilio 21215", 8_000, 6_000)
+            .await?
+    );
+    let c0 = s.get_contact(&t[0].contact.id).await?.expect("contact");
+    assert_eq!(
+        (c0.state.as_str(), c0.attempts, c0.first_attempt_at_ms),
+        ("pending", 0, None)
+    );
+    // one placed (lease to 400 s), one left dialing (lease to 35 s): the node died
+    s.attempt_placed(&t[1].attempt.id, "CA1", 400_000, 5_100)
+        .await?;
+    assert!(
+        s.claim_expired_attempts(30_000, "n2", 30_000, 10)
+            .await?
+            .is_empty()
+    );
+    let claimed = s.claim_expired_attempts(36_000, "n2", 30_000, 10).await?;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, t[2].attempt.id);
+    assert_eq!(claimed[0].node, "n2");
+    assert!(
+        s.claim_expired_attempts(36_000, "n3", 30_000, 10)
+            .await?
+            .is_empty(),
+        "n2 owns it now"
+    );
+    let stale = s.claim_expired_attempts(401_000, "n3", 30_000, 10).await?;
+    assert_eq!(
+        stale.len(),
+        2,
+        "the stale in_call one and n2's expired claim"
+    );
+    assert_eq!(
+        s.known_call_sids(&["CA1".into(), "CA2".into()]).await?,
+        HashSet::from(["CA1".to_string()])
+    );
+    // the redialed contact gets seq 2 (seq 1 stays not_placed)
+    let again = s
+        .dispatch("c1", &limits(8_000, "n1"), |_| DispatchChoice::Dial)
+        .await?;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt.seq, 2);
+    assert_eq!(again[0].contact.attempts, 1);
+    Ok(())
+}
+
+async fn dnc_closes_waiting_contacts(db: TestDb) -> TestResult {
+    let s = &db.store;
+    s.create_campaign(&new_campaign("c1", 10, 0), &contacts(2))
+        .await?;
+    let phone = contacts(1)[0].phone.clone();
+    assert!(s.add_dnc(&phone, Some("asked"), "api", 2_000).await?);
+    assert!(!s.add_dnc(&phone, None, "api", 2_001).await?);
+    assert!(s.is_dnc(&phone).await?);
+    let all = s.list_contacts("c1", &ContactFilter::default()).await?;
+    assert_eq!(all[0].state, "opted_out");
+    assert_eq!(all[1].state, "pending");
+    let mut saw_dnc = Vec::new();
+    s.dispatch("c1", &limits(5_000, "n1"), |inp| {
+        saw_dnc.push(inp.do_not_call);
+        DispatchChoice::Dial
+    })
+    .await?;
+    assert_eq!(saw_dnc, vec![false]);
+    assert_eq!(s.list_dnc().await?.len(), 1);
+    assert!(s.remove_dnc(&phone).await?);
+    assert!(!s.remove_dnc(&phone).await?);
+    Ok(())
+}
+
+async fn cancel_and_complete(db: TestDb) -> TestResult {
+    let s = &db.store;
+    s.create_campaign(&new_campaign("c1", 1, 0), &contacts(3))
+        .await?;
+    let paused = s
+        .set_campaign_status("c1", "paused", Some("by hand"), &["active"], 2_000)
+        .await?;
+    assert_eq!(paused.status, "paused");
+    assert!(
+        s.dispatch("c1", &limits(5_000, "n1"), |_| DispatchChoice::Dial)
+            .await?
+            .is_empty()
+    );
+    assert!(matches!(
+        s.set_campaign_status("c1", "paused", None, &["active"], 2_000)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.set_campaign_status("c1", "active", None, &["paused"], 3_000)
+        .await?;
+    assert_eq!(s.due_campaigns(5_000).await?, vec!["c1".to_string()]);
+    let t = s
+        .dispatch("c1", &limits(5_000, "n1"), |_| DispatchChoice::Dial)
+        .await?;
+    assert_eq!(t.len(), 1);
+    let c = s
+        .set_campaign_status(
+            "c1",
+            "canceled",
+            Some("by hand"),
+            &["active", "paused"],
+            6_000,
+        )
+        .await?;
+    assert_eq!(c.status, "canceled");
+    let counts = s.campaign_counts("c1").await?;
+    assert_eq!((counts.canceled, counts.dialing), (2, 1));
+    assert!(s.due_campaigns(10_000).await?.is_empty());
+    Ok(())
 }
