@@ -1008,7 +1008,7 @@ async fn dispatch_respects_concurrency_and_pacing(db: TestDb) -> TestResult {
         .await?;
     assert!(t.is_empty(), "two calls live");
     // node limit
-    s.create_campaign(&new_campaign("c2", 10, 0), &contacts(20)[10..].to_vec())
+    s.create_campaign(&new_campaign("c2", 10, 0), &contacts(20)[10..])
         .await?;
     let mut lim = limits(5_000, "n1");
     lim.node_free = 1;
@@ -1019,7 +1019,7 @@ async fn dispatch_respects_concurrency_and_pacing(db: TestDb) -> TestResult {
         1
     );
     // pacing: 6 calls per minute = one per 10 s, no burst after idle time
-    s.create_campaign(&new_campaign("c3", 10, 6), &contacts(40)[30..].to_vec())
+    s.create_campaign(&new_campaign("c3", 10, 6), &contacts(40)[30..])
         .await?;
     assert_eq!(
         s.dispatch("c3", &limits(100_000, "n1"), |_| DispatchChoice::Dial)
@@ -1047,7 +1047,7 @@ async fn dispatch_respects_concurrency_and_pacing(db: TestDb) -> TestResult {
         1
     );
     // …and a fast campaign (600/min) gets one second's worth per tick
-    s.create_campaign(&new_campaign("c4", 100, 600), &contacts(80)[50..].to_vec())
+    s.create_campaign(&new_campaign("c4", 100, 600), &contacts(80)[50..])
         .await?;
     assert_eq!(
         s.dispatch("c4", &limits(200_000, "n1"), |_| DispatchChoice::Dial)
