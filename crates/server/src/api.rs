@@ -457,12 +457,34 @@ pub async fn create_call(
         }
         Err(e) => return Err(e.into()),
     };
-    let base = &state.config.public_url;
-    let cfg = &state.config;
+    let request = outbound_request(&state.config, &id, &to, &from);
+    match twilio.create_call(&request).await {
+        Ok(resource) => {
+            store.set_twilio_sid(&id, &resource.sid).await?;
+            info!(call_id = %id, call_sid = %resource.sid, %to, "outbound call created");
+            let record = store.get_call(&id).await?.unwrap_or(record);
+            Ok(created(&record, false))
+        }
+        Err(e) => {
+            let now = crate::token::now_ms() as i64;
+            let _ = store.update_status(&id, "failed", now).await;
+            let _ = store
+                .finish_call(&id, Some(&format!("twilio_error: {e}")), now, None)
+                .await;
+            Err(twilio_error(e))
+        }
+    }
+}
+
+/// The Twilio create-call request of one of our outbound calls: the voice webhook and the
+/// status, AMD and recording callbacks all carry `?call_id=`, so every callback finds its call
+/// even before we know Twilio's CallSid.
+pub fn outbound_request(cfg: &crate::config::Config, id: &str, to: &str, from: &str) -> CreateCall {
+    let base = &cfg.public_url;
     let machine = (cfg.machine_detection != "none").then(|| cfg.machine_detection.clone());
-    let request = CreateCall {
-        to: to.clone(),
-        from,
+    CreateCall {
+        to: to.to_owned(),
+        from: from.to_owned(),
         url: Some(format!("{base}/twilio/voice?call_id={id}")),
         twiml: None,
         method: Some("POST".into()),
@@ -484,22 +506,6 @@ pub async fn create_call(
             .record_calls
             .then(|| format!("{base}/twilio/recording?call_id={id}")),
         recording_status_callback_events: Vec::new(),
-    };
-    match twilio.create_call(&request).await {
-        Ok(resource) => {
-            store.set_twilio_sid(&id, &resource.sid).await?;
-            info!(call_id = %id, call_sid = %resource.sid, %to, "outbound call created");
-            let record = store.get_call(&id).await?.unwrap_or(record);
-            Ok(created(&record, false))
-        }
-        Err(e) => {
-            let now = crate::token::now_ms() as i64;
-            let _ = store.update_status(&id, "failed", now).await;
-            let _ = store
-                .finish_call(&id, Some(&format!("twilio_error: {e}")), now, None)
-                .await;
-            Err(twilio_error(e))
-        }
     }
 }
 
@@ -783,9 +789,24 @@ pub struct ErrorBody {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "voxbridge", description = "AI phone calls: Twilio <-> OpenAI Realtime"),
-    paths(create_call, list_calls, get_call, get_transcript, hangup_call, events),
+    paths(create_call, list_calls, get_call, get_transcript, hangup_call, events,
+          crate::campaign::api::create_campaign, crate::campaign::api::list_campaigns,
+          crate::campaign::api::get_campaign, crate::campaign::api::add_contacts,
+          crate::campaign::api::list_contacts, crate::campaign::api::get_contact,
+          crate::campaign::api::pause, crate::campaign::api::resume,
+          crate::campaign::api::cancel, crate::campaign::api::list_dnc,
+          crate::campaign::api::add_dnc, crate::campaign::api::remove_dnc),
     components(schemas(CreateCallRequest, Task, CallCreated, CallView, CallDetail, CallList,
-                       StatusView, UsageView, TranscriptLine, EventView, ErrorBody)),
+                       StatusView, UsageView, TranscriptLine, EventView, ErrorBody,
+                       crate::campaign::api::CreateCampaignRequest,
+                       crate::campaign::api::CampaignView, crate::campaign::api::CountsView,
+                       crate::campaign::api::CampaignCreated,
+                       crate::campaign::api::AddContactsRequest,
+                       crate::campaign::api::ContactView, crate::campaign::api::ContactDetail,
+                       crate::campaign::api::DncRequest, crate::campaign::api::DncView,
+                       crate::campaign::import::ContactInput,
+                       crate::campaign::import::ImportReport,
+                       crate::campaign::import::RowError)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -3,6 +3,7 @@
 
 use crate::agents::{Agent, Agents, Task, render_instructions};
 use crate::api;
+use crate::campaign;
 use crate::config::Config;
 use crate::hub::{CallEventKind, EventHub};
 use crate::playback::PacerConfig;
@@ -63,6 +64,14 @@ pub struct App {
     claimed: Mutex<HashMap<String, std::time::Instant>>,
     /// Calls in progress on this node (pre-connected or streaming).
     active_calls: AtomicUsize,
+    /// This node's name (`NODE_ID`, or random): written on the campaign attempts it
+    /// dials and on the events it shares with other nodes.
+    pub node_id: String,
+    /// Wakes the campaign worker early (a campaign was created or resumed, a call ended).
+    pub campaign_wake: tokio::sync::Notify,
+    /// Live events to and from the other nodes on the same PostgreSQL
+    /// (`None` on SQLite or without a store). Dropping the app stops its tasks.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 /// A model socket being opened for a call, and the call's settings.
@@ -117,7 +126,7 @@ impl App {
             }
             (None, None) => rand::random::<[u8; 32]>().to_vec(),
         };
-        let (hub, persist_rx) = if store.is_some() {
+        let (mut hub, persist_rx) = if store.is_some() {
             let (hub, rx) = EventHub::with_persistence(1024);
             (hub, Some(rx))
         } else {
@@ -127,6 +136,15 @@ impl App {
             tokio::spawn(crate::persist::run_writer(store.clone(), rx));
         }
         let twilio = twilio_client(&config);
+        let node_id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
+        // Before the hub is cloned anywhere: every clone must forward to the cluster.
+        let cluster = store
+            .as_ref()
+            .and_then(|s| s.pg_pool())
+            .map(|pool| crate::cluster::Cluster::start(pool.clone(), &node_id, &mut hub));
         let quota = governor::Quota::per_minute(
             std::num::NonZeroU32::new(config.rate_limit_per_minute)
                 .unwrap_or(std::num::NonZeroU32::MIN),
@@ -142,6 +160,9 @@ impl App {
             preconnected: Mutex::new(HashMap::new()),
             claimed: Mutex::new(HashMap::new()),
             active_calls: AtomicUsize::new(0),
+            node_id,
+            campaign_wake: tokio::sync::Notify::new(),
+            cluster,
         }))
     }
 
@@ -272,6 +293,30 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/calls/{id}/hangup", post(api::hangup_call))
         .route("/v1/events", get(api::events))
         .route("/v1/openapi.json", get(api::openapi))
+        .route(
+            "/v1/campaigns",
+            post(campaign::api::create_campaign).get(campaign::api::list_campaigns),
+        )
+        .route("/v1/campaigns/{id}", get(campaign::api::get_campaign))
+        .route(
+            "/v1/campaigns/{id}/contacts",
+            post(campaign::api::add_contacts).get(campaign::api::list_contacts),
+        )
+        .route(
+            "/v1/campaigns/{id}/contacts/{contact_id}",
+            get(campaign::api::get_contact),
+        )
+        .route("/v1/campaigns/{id}/pause", post(campaign::api::pause))
+        .route("/v1/campaigns/{id}/resume", post(campaign::api::resume))
+        .route("/v1/campaigns/{id}/cancel", post(campaign::api::cancel))
+        .route(
+            "/v1/dnc",
+            post(campaign::api::add_dnc).get(campaign::api::list_dnc),
+        )
+        .route(
+            "/v1/dnc/{phone}",
+            axum::routing::delete(campaign::api::remove_dnc),
+        )
         .layer(DefaultBodyLimit::max(max_body));
     Router::new()
         .route("/health", get(health))
@@ -307,9 +352,20 @@ pub async fn run(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let stop = tokio_util::sync::CancellationToken::new();
+    if state.config.campaign_worker {
+        tokio::spawn(crate::campaign::worker::run(
+            state.clone(),
+            stop.clone().cancelled_owned(),
+        ));
+    }
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .await;
+    result
 }
 
 async fn health() -> impl IntoResponse {
@@ -766,6 +822,8 @@ async fn twilio_status(
             let duration = form_value(&params, "CallDuration").and_then(|d| d.parse().ok());
             let reason = (status != "completed").then_some(status);
             store.finish_call(&call.id, reason, now, duration).await?;
+            // A campaign call: record the outcome and schedule the contact.
+            crate::campaign::worker::call_ended(&state, &call.id).await?;
         }
     }
     Ok(StatusCode::NO_CONTENT)

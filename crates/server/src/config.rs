@@ -100,6 +100,19 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     /// Largest REST request body in bytes (`MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
+    /// Run the campaign worker on this node (`CAMPAIGN_WORKER`).
+    pub campaign_worker: bool,
+    /// Campaign calls this node has live at most, all campaigns together
+    /// (`CAMPAIGN_MAX_CONCURRENT`); each campaign has its own limit too.
+    pub campaign_max_concurrent: u32,
+    /// How often the worker looks for due contacts and in-doubt attempts when
+    /// nothing wakes it (`CAMPAIGN_POLL_MS`).
+    pub campaign_poll_ms: u64,
+    /// How long the node that wrote a `dialing` attempt owns it before another
+    /// node may ask Twilio what became of it (`CAMPAIGN_LEASE_MS`).
+    pub campaign_lease_ms: u64,
+    /// This node's name in attempts and cluster events (`NODE_ID`); random by default.
+    pub node_id: Option<String>,
     /// Named agents (`[[agents]]` in the file); a `default` one is always
     /// derived from INSTRUCTIONS / VOICE / GREETING when not given.
     pub agents: Vec<AgentConfig>,
@@ -172,6 +185,11 @@ impl Default for Config {
             machine_detection: "none".into(),
             rate_limit_per_minute: 600,
             max_body_bytes: 64 * 1024,
+            campaign_worker: true,
+            campaign_max_concurrent: 20,
+            campaign_poll_ms: 1_000,
+            campaign_lease_ms: 60_000,
+            node_id: None,
             agents: Vec::new(),
         }
     }
@@ -319,6 +337,11 @@ impl Config {
         set!("MACHINE_DETECTION", machine_detection, string);
         set!("RATE_LIMIT_PER_MINUTE", rate_limit_per_minute, parse);
         set!("MAX_BODY_BYTES", max_body_bytes, parse);
+        set!("CAMPAIGN_WORKER", campaign_worker, bool);
+        set!("CAMPAIGN_MAX_CONCURRENT", campaign_max_concurrent, parse);
+        set!("CAMPAIGN_POLL_MS", campaign_poll_ms, parse);
+        set!("CAMPAIGN_LEASE_MS", campaign_lease_ms, parse);
+        set!("NODE_ID", node_id, opt);
         if self.public_url.is_empty() {
             self.public_url = format!("http://localhost:{}", self.port);
         }
@@ -418,6 +441,20 @@ impl Config {
         }
         if self.rate_limit_per_minute == 0 {
             return Err(invalid("RATE_LIMIT_PER_MINUTE", 0, "at least 1"));
+        }
+        if !(10..=60_000).contains(&self.campaign_poll_ms) {
+            return Err(invalid(
+                "CAMPAIGN_POLL_MS",
+                self.campaign_poll_ms,
+                "between 10 and 60000",
+            ));
+        }
+        if self.campaign_lease_ms < 5_000 {
+            return Err(invalid(
+                "CAMPAIGN_LEASE_MS",
+                self.campaign_lease_ms,
+                "at least 5000 (longer than a Twilio create-call request)",
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for a in &self.agents {

@@ -1,12 +1,19 @@
 //! In-process event hub: every call publishes what happens on it here
 //! (status, transcripts, DTMF, barge-ins, timings, the end). The CLI's demo
-//! prints from it; later the store persists it and `/v1/events` streams it.
+//! prints from it, the store persists it and `/v1/events` streams it.
+//!
+//! With several nodes on one PostgreSQL, [`crate::cluster`] forwards what is
+//! published here to the other nodes and brings theirs back through
+//! [`EventHub::publish_remote`] (live only: each node stores its own events).
 
-use serde::Serialize;
-use tokio::sync::broadcast;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{broadcast, mpsc};
 
-/// One thing that happened on a call.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One thing that happened on a call. `Deserialize` because events of other
+/// nodes arrive as JSON (see [`crate::cluster`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CallEvent {
     pub call_id: String,
     /// Milliseconds since the Unix epoch.
@@ -15,7 +22,7 @@ pub struct CallEvent {
     pub kind: CallEventKind,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CallEventKind {
     /// The voice webhook was answered (TwiML returned).
@@ -59,7 +66,7 @@ pub enum CallEventKind {
     Ended { reason: String },
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Speaker {
     Caller,
@@ -73,6 +80,11 @@ pub enum Speaker {
 pub struct EventHub {
     tx: broadcast::Sender<CallEvent>,
     persist: Option<tokio::sync::mpsc::UnboundedSender<CallEvent>>,
+    /// Towards the other nodes (bounded: a slow or unreachable database must
+    /// never hold up a call; when full the event is dropped for them, with a warning).
+    cluster: Option<mpsc::Sender<CallEvent>>,
+    /// Events the cluster queue had no room for, since start (shared by clones).
+    cluster_dropped: Arc<AtomicU64>,
 }
 
 impl Default for EventHub {
@@ -86,6 +98,8 @@ impl EventHub {
         EventHub {
             tx: broadcast::channel(capacity).0,
             persist: None,
+            cluster: None,
+            cluster_dropped: Arc::default(),
         }
     }
 
@@ -98,9 +112,28 @@ impl EventHub {
             EventHub {
                 tx: broadcast::channel(capacity).0,
                 persist: Some(ptx),
+                cluster: None,
+                cluster_dropped: Arc::default(),
             },
             prx,
         )
+    }
+
+    /// Also forward every event published from now on to `tx` (the cluster
+    /// notifier), without ever waiting for room. Clones made afterwards share it.
+    pub fn set_cluster(&mut self, tx: mpsc::Sender<CallEvent>) {
+        self.cluster = Some(tx);
+    }
+
+    /// Events dropped because the cluster queue was full.
+    pub fn cluster_dropped(&self) -> u64 {
+        self.cluster_dropped.load(Ordering::Relaxed)
+    }
+
+    /// An event of another node: to the live subscribers only; not stored
+    /// (the origin node stores it) and not forwarded again.
+    pub fn publish_remote(&self, event: CallEvent) {
+        let _ = self.tx.send(event);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
@@ -118,6 +151,25 @@ impl EventHub {
         };
         if let Some(p) = &self.persist {
             let _ = p.send(event.clone());
+        }
+        if let Some(c) = &self.cluster {
+            match c.try_send(event.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(ev)) => {
+                    let n = self.cluster_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    // The first drop, then every 100th: a stalled database must not
+                    // flood the log too.
+                    if n == 1 || n.is_multiple_of(100) {
+                        tracing::warn!(
+                            call_id = %ev.call_id,
+                            dropped_total = n,
+                            "cluster event queue full: event not sent to the other nodes"
+                        );
+                    }
+                }
+                // The notifier is gone (shutting down): nothing to tell.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
         }
         // No subscribers is fine.
         let _ = self.tx.send(event);

@@ -7,11 +7,14 @@
 //! - [`config`]: `voxbridge.toml` + environment variables;
 //! - [`hub`]: in-process call events;
 //! - [`demo`]: a whole call offline, against the emulators;
+//! - [`campaign`]: outbound campaigns: import, calling rules, the dialing worker, REST;
 //! - [`loadtest`]: many concurrent emulated calls, latency, loss, CPU, memory.
 
 pub mod agents;
 pub mod api;
 pub mod app;
+pub mod campaign;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod hub;

@@ -25,6 +25,46 @@
 //! Status callbacks are sent in order, one at a time; a callback that fails
 //! (unreachable, timeout, non-2xx) is recorded and never stops the call.
 //!
+//! # When the application is down
+//!
+//! The emulator outlives a voxbridge node that dies (`kill -9`) with calls in
+//! flight, and ends them the way Twilio does:
+//!
+//! * a voice webhook that cannot be fetched after the callee answered: Twilio
+//!   plays "an application error has occurred" and hangs up, so the call is
+//!   `completed` (it was answered; Twilio error 11200), with
+//!   [`EmulatedCall::error`] saying why;
+//! * a media WebSocket that drops (or cannot be opened): `<Connect><Stream>`
+//!   ends, there is no next verb, the call is `completed`;
+//! * status and recording callbacks that fail are recorded on the call
+//!   ([`SentCallback::error`]) and change nothing else.
+//!
+//! Nothing of this panics, and [`TwilioEmulator::calls`] keeps reporting the
+//! calls.
+//!
+//! # Listing calls
+//!
+//! `GET …/Calls.json` returns calls newest first and honours Twilio's filters
+//! `To`, `From`, `Status`, `StartTime`, `StartTime<`, `StartTime>`, `EndTime`,
+//! `EndTime<`, `EndTime>` (a date `YYYY-MM-DD` in UTC, or an instant
+//! `YYYY-MM-DDTHH:MM:SSZ`; sent on the wire as e.g. `StartTime%3E=2026-11-21`),
+//! with day granularity: `StartTime=D` is "started on day D", `StartTime>=D` "at
+//! or after midnight of D", `StartTime<=D` "at or before midnight of D".
+//! A call that was never dialed (still `queued`, or canceled while queued) has
+//! no `start_time` and matches **no** `StartTime` filter, as on Twilio, whose
+//! filters apply to `start_time`. Paging: `PageSize` (1..=1000, default 50),
+//! `Page`, and `PageToken` (`PA<sid>`: calls created before that call;
+//! `PB<sid>`: the page just newer than it), so `next_page_uri` stays correct
+//! while new calls are created between pages.
+//!
+//! # Faults
+//!
+//! [`TwilioEmulatorConfig::create_faults`] (or [`TwilioEmulator::add_create_fault`]
+//! at run time) makes `POST …/Calls.json` to a given `To` lose its response
+//! after creating the call, or reject it, a set number of times: see
+//! [`CreateFault`]. [`TwilioEmulator::set_outcome`] changes what a number does
+//! for calls created afterwards.
+//!
 //! # Reaching the webhooks
 //!
 //! The emulator speaks plain HTTP only. An `https://` URL (voice `Url`, status,
@@ -63,6 +103,19 @@ const BUSY_AFTER_MS: u64 = 100;
 const FAIL_AFTER_MS: u64 = 50;
 const AMD_AFTER_MS: u64 = 200;
 const FINAL_STATUSES: [&str; 5] = ["completed", "busy", "no-answer", "failed", "canceled"];
+/// Twilio's `call_enum_status` (the values `Status` may filter on).
+const CALL_STATUSES: [&str; 8] = [
+    "queued",
+    "ringing",
+    "in-progress",
+    "canceled",
+    "completed",
+    "failed",
+    "busy",
+    "no-answer",
+];
+const DEFAULT_PAGE_SIZE: usize = 50;
+const MAX_PAGE_SIZE: usize = 1000;
 
 /// What happens when the emulator dials a number.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +134,58 @@ pub enum Outcome {
     Machine,
 }
 
+/// What goes wrong with a `POST …/Calls.json` (see [`CreateFaultRule`]). Exists to
+/// test at-most-once dialing: the `Lose*`/`Drop*`/`Delay*` faults leave the client
+/// unable to know whether (and which) call was placed, although it was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CreateFault {
+    /// The call **is** created and dialed, then the response is lost: HTTP 500 with
+    /// Twilio error 20500, no SID in it.
+    LoseResponse,
+    /// The call **is** created and dialed, then the connection is closed without
+    /// any response (recorded with status 0).
+    DropConnection,
+    /// The call **is** created and dialed at once, but the `201` only comes after
+    /// this delay: a client with a shorter timeout gives up first.
+    DelayResponse(Duration),
+    /// No call is created: HTTP `status` with Twilio error `code` (e.g. `503`/`20503`,
+    /// `429`/`20429`, `400`/`21215`).
+    Reject { status: u16, code: u32 },
+}
+
+/// A [`CreateFault`] for create requests to one `To` number, a set number of times.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateFaultRule {
+    /// The `To` number (exact match) whose create requests fail.
+    pub to: String,
+    pub fault: CreateFault,
+    /// How many matching create requests get the fault; later ones behave normally.
+    /// `u32::MAX` means every time ([`CreateFaultRule::always`]). Only requests that
+    /// pass validation count.
+    pub times: u32,
+}
+
+impl CreateFaultRule {
+    /// The next create request to `to` gets `fault`, later ones succeed.
+    pub fn once(to: impl Into<String>, fault: CreateFault) -> Self {
+        Self::times(to, fault, 1)
+    }
+
+    /// The next `n` create requests to `to` get `fault`.
+    pub fn times(to: impl Into<String>, fault: CreateFault, n: u32) -> Self {
+        Self {
+            to: to.into(),
+            fault,
+            times: n,
+        }
+    }
+
+    /// Every create request to `to` gets `fault`.
+    pub fn always(to: impl Into<String>, fault: CreateFault) -> Self {
+        Self::times(to, fault, u32::MAX)
+    }
+}
+
 /// Configuration of a [`TwilioEmulator`].
 #[derive(Clone, Debug)]
 pub struct TwilioEmulatorConfig {
@@ -92,8 +197,12 @@ pub struct TwilioEmulatorConfig {
     pub api_keys: Vec<(String, String)>,
     /// What the callee does once connected (outcomes without their own script).
     pub default_script: Vec<CallerStep>,
-    /// Per `To` number; numbers not listed [`Outcome::Answer`].
+    /// Per `To` number; numbers not listed [`Outcome::Answer`]. The starting set:
+    /// [`TwilioEmulator::set_outcome`] changes it at run time.
     pub outcomes: Vec<(String, Outcome)>,
+    /// Faults of create requests, by `To` number; the first rule for the number with
+    /// uses left applies. [`TwilioEmulator::add_create_fault`] adds more at run time.
+    pub create_faults: Vec<CreateFaultRule>,
     /// Time from ringing to answer (or to `no-answer`), ms.
     pub ring_ms: u64,
     /// e.g. `ws://127.0.0.1:PORT`: where the `<Stream url>`'s host is reached.
@@ -114,6 +223,7 @@ impl Default for TwilioEmulatorConfig {
             api_keys: Vec::new(),
             default_script: vec![CallerStep::Silence { ms: 1000 }],
             outcomes: Vec::new(),
+            create_faults: Vec::new(),
             ring_ms: 300,
             connect_base: None,
             webhook_base: None,
@@ -133,7 +243,8 @@ pub struct RecordedRequest {
     pub auth_user: Option<String>,
     /// The form-encoded body's pairs, in order, repeated keys kept.
     pub form: Vec<(String, String)>,
-    /// The HTTP status the emulator answered.
+    /// The HTTP status the emulator answered; `0` when the connection was dropped
+    /// without a response ([`CreateFault::DropConnection`]).
     pub status: u16,
 }
 
@@ -257,6 +368,10 @@ struct Slot {
 struct EmState {
     requests: Vec<RecordedRequest>,
     calls: Vec<Slot>,
+    /// Per `To` number, consulted when a call is dialed (starts as the config's).
+    outcomes: Vec<(String, Outcome)>,
+    /// Create faults with their remaining uses (starts as the config's).
+    create_faults: Vec<CreateFaultRule>,
 }
 
 impl EmState {
@@ -284,9 +399,14 @@ impl TwilioEmulator {
     pub async fn start(cfg: TwilioEmulatorConfig) -> std::io::Result<TwilioEmulator> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let state = EmState {
+            outcomes: cfg.outcomes.clone(),
+            create_faults: cfg.create_faults.clone(),
+            ..EmState::default()
+        };
         let inner = Arc::new(Inner {
             cfg,
-            state: Mutex::new(EmState::default()),
+            state: Mutex::new(state),
             tasks: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(handle).with_state(inner.clone());
@@ -315,8 +435,33 @@ impl TwilioEmulator {
         self.addr
     }
 
+    /// The configuration it started with (outcomes and faults changed at run time
+    /// are not reflected here).
     pub fn config(&self) -> &TwilioEmulatorConfig {
         &self.inner.cfg
+    }
+
+    /// What `to` does from now on, for calls dialed after this (replaces any earlier
+    /// outcome of that number).
+    pub fn set_outcome(&self, to: &str, outcome: Outcome) {
+        let mut st = self.inner.lock();
+        st.outcomes.retain(|(n, _)| n != to);
+        st.outcomes.push((to.to_owned(), outcome));
+    }
+
+    /// Add a create fault, after those already there.
+    pub fn add_create_fault(&self, rule: CreateFaultRule) {
+        self.inner.lock().create_faults.push(rule);
+    }
+
+    /// Remove every create fault (used up or not).
+    pub fn clear_create_faults(&self) {
+        self.inner.lock().create_faults.clear();
+    }
+
+    /// The create faults with their remaining uses (used-up rules are dropped).
+    pub fn create_faults(&self) -> Vec<CreateFaultRule> {
+        self.inner.lock().create_faults.clone()
     }
 
     /// Every REST request received so far, in order.
@@ -421,10 +566,26 @@ fn lock_or_poisoned<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Reply {
     status: u16,
     body: Value,
+    /// How the response is (not) delivered.
+    delivery: Delivery,
+}
+
+/// How a reply reaches the client (only create faults change it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Normal,
+    /// Close the connection without a response.
+    Drop,
+    /// Answer after this delay.
+    Delay(Duration),
 }
 
 fn reply(status: u16, body: Value) -> Reply {
-    Reply { status, body }
+    Reply {
+        status,
+        body,
+        delivery: Delivery::Normal,
+    }
 }
 
 /// Twilio's JSON error body.
@@ -458,15 +619,32 @@ async fn handle(
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     let auth = basic_auth(&headers);
     let path = uri.path().to_string();
-    let r = em.route(&method, &path, auth.as_ref(), &form);
+    let query = uri.query().unwrap_or_default().to_string();
+    let r = em.route(&method, &path, &query, auth.as_ref(), &form);
     lock_or_poisoned(&em.state).requests.push(RecordedRequest {
         method: method.to_string(),
         path,
-        query: uri.query().unwrap_or_default().to_string(),
+        query,
         auth_user: auth.map(|(u, _)| u),
         form,
-        status: r.status,
+        status: if r.delivery == Delivery::Drop {
+            0
+        } else {
+            r.status
+        },
     });
+    match r.delivery {
+        Delivery::Normal => {}
+        Delivery::Delay(d) => tokio::time::sleep(d).await,
+        Delivery::Drop => {
+            // A body that fails before its first byte makes hyper abort the
+            // connection: the client sees it closed, with no status line.
+            let failing = futures_util::stream::once(async {
+                Err::<Bytes, std::io::Error>(std::io::Error::other("response dropped (fault)"))
+            });
+            return Response::new(axum::body::Body::from_stream(failing));
+        }
+    }
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (
         status,
@@ -534,6 +712,7 @@ impl Inner {
         self: &Arc<Self>,
         method: &Method,
         path: &str,
+        query: &str,
         auth: Option<&(String, String)>,
         form: &[(String, String)],
     ) -> Reply {
@@ -560,7 +739,7 @@ impl Inner {
         match (tail, call_sid) {
             ("Calls.json", _) => match *method {
                 Method::POST => self.create(form),
-                Method::GET => self.list(),
+                Method::GET => self.list(path, query),
                 _ => twilio_error(405, 20004, "Method not allowed"),
             },
             (_, Some(sid)) => match *method {
@@ -623,6 +802,14 @@ impl Inner {
                 return twilio_error(400, 21205, format!("{key} is not a valid URL: {u}"));
             }
         }
+        let fault = self.take_create_fault(to);
+        if let Some(CreateFault::Reject { status, code }) = fault {
+            return twilio_error(
+                status,
+                code,
+                format!("Call to {to} rejected (injected fault)"),
+            );
+        }
         let now = SystemTime::now();
         let sid = random_sid("CA");
         let call = EmulatedCall {
@@ -657,32 +844,114 @@ impl Inner {
             ended_at: None,
         });
         self.spawn(dial(self.clone(), sid));
-        reply(201, body)
+        match fault {
+            Some(CreateFault::LoseResponse) => twilio_error(500, 20500, "Internal Server Error"),
+            Some(CreateFault::DropConnection) => Reply {
+                delivery: Delivery::Drop,
+                ..reply(201, body)
+            },
+            Some(CreateFault::DelayResponse(d)) => Reply {
+                delivery: Delivery::Delay(d),
+                ..reply(201, body)
+            },
+            Some(CreateFault::Reject { .. }) | None => reply(201, body),
+        }
     }
 
-    fn list(&self) -> Reply {
-        let calls: Vec<Value> = self
-            .lock()
+    /// Use up one fault of the first rule for `to` with uses left.
+    fn take_create_fault(&self, to: &str) -> Option<CreateFault> {
+        let mut st = self.lock();
+        let rules = &mut st.create_faults;
+        let i = rules.iter().position(|r| r.to == to && r.times > 0)?;
+        let fault = rules[i].fault.clone();
+        if rules[i].times != u32::MAX {
+            rules[i].times -= 1;
+        }
+        rules.retain(|r| r.times > 0);
+        Some(fault)
+    }
+
+    /// `GET …/Calls.json`: filters and paging as described in the module docs.
+    fn list(&self, path: &str, query: &str) -> Reply {
+        let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let q = match ListQuery::parse(&params) {
+            Ok(q) => q,
+            Err(msg) => return twilio_error(400, 20001, msg),
+        };
+        let st = self.lock();
+        // Newest first, with each call's creation index (its place in `st.calls`).
+        let matching: Vec<(usize, &EmulatedCall)> = st
             .calls
             .iter()
+            .enumerate()
             .rev()
-            .map(|s| self.resource(&s.call))
+            .map(|(i, s)| (i, &s.call))
+            .filter(|(_, c)| q.matches(c))
             .collect();
-        let uri = format!(
-            "/{API_VERSION}/Accounts/{}/Calls.json?PageSize=50&Page=0",
-            self.cfg.account_sid
-        );
+        let anchor = |sid: &str| st.calls.iter().position(|s| s.call.sid == sid);
+        let (from, to) = match &q.token {
+            Some(PageToken::After(sid)) => {
+                let Some(g) = anchor(sid) else {
+                    return twilio_error(400, 20001, format!("Invalid PageToken: PA{sid}"));
+                };
+                let a = matching.partition_point(|(i, _)| *i >= g);
+                (a, (a + q.page_size).min(matching.len()))
+            }
+            Some(PageToken::Before(sid)) => {
+                let Some(g) = anchor(sid) else {
+                    return twilio_error(400, 20001, format!("Invalid PageToken: PB{sid}"));
+                };
+                let b = matching.partition_point(|(i, _)| *i > g);
+                (b.saturating_sub(q.page_size), b)
+            }
+            None => {
+                let a = q.page.saturating_mul(q.page_size).min(matching.len());
+                (a, (a + q.page_size).min(matching.len()))
+            }
+        };
+        let page = &matching[from..to];
+        let calls: Vec<Value> = page.iter().map(|(_, c)| self.resource(c)).collect();
+        let page_uri = |page: usize, token: Option<String>| {
+            let mut ser = url::form_urlencoded::Serializer::new(String::new());
+            ser.extend_pairs(q.filters.iter());
+            ser.append_pair("PageSize", &q.page_size.to_string());
+            ser.append_pair("Page", &page.to_string());
+            if let Some(t) = token {
+                ser.append_pair("PageToken", &t);
+            }
+            format!("{path}?{}", ser.finish())
+        };
+        let next = match page.last() {
+            Some((_, c)) if to < matching.len() => {
+                Some(page_uri(q.page + 1, Some(format!("PA{}", c.sid))))
+            }
+            _ => None,
+        };
+        let previous = match page.first() {
+            Some((_, c)) if from > 0 && q.page > 0 => {
+                Some(page_uri(q.page - 1, Some(format!("PB{}", c.sid))))
+            }
+            _ => None,
+        };
+        let start = q.page.saturating_mul(q.page_size);
+        let uri = if query.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{query}")
+        };
         reply(
             200,
             json!({
                 "calls": calls,
-                "end": calls.len().saturating_sub(1),
-                "first_page_uri": uri,
-                "next_page_uri": null,
-                "page": 0,
-                "page_size": 50,
-                "previous_page_uri": null,
-                "start": 0,
+                "end": (start + calls.len()).saturating_sub(1).max(start),
+                "first_page_uri": page_uri(0, None),
+                "next_page_uri": next,
+                "page": q.page,
+                "page_size": q.page_size,
+                "previous_page_uri": previous,
+                "start": start,
                 "uri": uri,
             }),
         )
@@ -912,7 +1181,7 @@ async fn dial(em: Arc<Inner>, sid: String) {
         (CallPlan::new(&slot.call), slot.hangup.subscribe())
     };
     let outcome = em
-        .cfg
+        .lock()
         .outcomes
         .iter()
         .find(|(n, _)| *n == plan.to)
@@ -1325,6 +1594,195 @@ fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 // ---------------------------------------------------------------------------
+// The list query
+
+/// Where a `PageToken` starts a page.
+#[derive(Debug, PartialEq, Eq)]
+enum PageToken {
+    /// `PA<sid>`: calls created before `sid` (the next page).
+    After(String),
+    /// `PB<sid>`: the page of calls created just after `sid` (the previous page).
+    Before(String),
+}
+
+/// Which side of a day or instant a time filter keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cmp {
+    /// `StartTime=`: within that UTC day (or at that instant).
+    On,
+    /// `StartTime<=` (sent as `StartTime<`): at or before midnight of that day.
+    OnOrBefore,
+    /// `StartTime>=` (sent as `StartTime>`): at or after midnight of that day.
+    OnOrAfter,
+}
+
+/// A time filter: `(start_time?, comparison, ms since the epoch, whole day?)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TimeFilter {
+    on_start: bool,
+    cmp: Cmp,
+    at_ms: i64,
+    day: bool,
+}
+
+impl TimeFilter {
+    /// Calls without the time (never dialed / not ended) match no time filter.
+    fn matches(&self, t: Option<SystemTime>) -> bool {
+        let Some(t) = t else { return false };
+        let ms = match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => d.as_millis() as i64,
+            Err(e) => -(e.duration().as_millis() as i64),
+        };
+        match self.cmp {
+            Cmp::On if self.day => (self.at_ms..self.at_ms + 86_400_000).contains(&ms),
+            Cmp::On => ms / 1000 == self.at_ms / 1000,
+            Cmp::OnOrBefore => ms <= self.at_ms,
+            Cmp::OnOrAfter => ms >= self.at_ms,
+        }
+    }
+}
+
+/// The parsed query of `GET …/Calls.json`.
+#[derive(Debug)]
+struct ListQuery {
+    to: Option<String>,
+    from: Option<String>,
+    status: Option<String>,
+    times: Vec<TimeFilter>,
+    page_size: usize,
+    page: usize,
+    token: Option<PageToken>,
+    /// Every param except the paging ones, as received (echoed in page URIs).
+    filters: Vec<(String, String)>,
+}
+
+impl ListQuery {
+    fn parse(params: &[(String, String)]) -> Result<Self, String> {
+        let mut q = ListQuery {
+            to: None,
+            from: None,
+            status: None,
+            times: Vec::new(),
+            page_size: DEFAULT_PAGE_SIZE,
+            page: 0,
+            token: None,
+            filters: Vec::new(),
+        };
+        for (k, v) in params {
+            let time = |on_start: bool, cmp: Cmp| -> Result<TimeFilter, String> {
+                let (at_ms, day) =
+                    parse_date(v).ok_or_else(|| format!("Invalid value for {k}: {v}"))?;
+                Ok(TimeFilter {
+                    on_start,
+                    cmp,
+                    at_ms,
+                    day,
+                })
+            };
+            match k.as_str() {
+                "PageSize" => {
+                    q.page_size = v
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+                        .ok_or_else(|| {
+                            format!("PageSize must be between 1 and {MAX_PAGE_SIZE}: {v}")
+                        })?;
+                    continue;
+                }
+                "Page" => {
+                    q.page = v
+                        .parse()
+                        .map_err(|_| format!("Page must be a non-negative integer: {v}"))?;
+                    continue;
+                }
+                "PageToken" => {
+                    q.token = Some(if let Some(sid) = v.strip_prefix("PA") {
+                        PageToken::After(sid.to_string())
+                    } else if let Some(sid) = v.strip_prefix("PB") {
+                        PageToken::Before(sid.to_string())
+                    } else {
+                        return Err(format!("Invalid PageToken: {v}"));
+                    });
+                    continue;
+                }
+                "To" => q.to = Some(v.clone()),
+                "From" => q.from = Some(v.clone()),
+                "Status" => {
+                    if !CALL_STATUSES.contains(&v.as_str()) {
+                        return Err(format!("Invalid value for Status: {v}"));
+                    }
+                    q.status = Some(v.clone());
+                }
+                "StartTime" => q.times.push(time(true, Cmp::On)?),
+                "StartTime<" => q.times.push(time(true, Cmp::OnOrBefore)?),
+                "StartTime>" => q.times.push(time(true, Cmp::OnOrAfter)?),
+                "EndTime" => q.times.push(time(false, Cmp::On)?),
+                "EndTime<" => q.times.push(time(false, Cmp::OnOrBefore)?),
+                "EndTime>" => q.times.push(time(false, Cmp::OnOrAfter)?),
+                // Unknown params are ignored, as Twilio does.
+                _ => {}
+            }
+            q.filters.push((k.clone(), v.clone()));
+        }
+        Ok(q)
+    }
+
+    fn matches(&self, c: &EmulatedCall) -> bool {
+        self.to.as_ref().is_none_or(|t| *t == c.to)
+            && self.from.as_ref().is_none_or(|f| *f == c.from)
+            && self.status.as_ref().is_none_or(|s| *s == c.status)
+            && self
+                .times
+                .iter()
+                .all(|t| t.matches(if t.on_start { c.start_time } else { c.end_time }))
+    }
+}
+
+/// `YYYY-MM-DD` (→ midnight UTC, whole day) or `YYYY-MM-DDTHH:MM:SSZ` (→ that
+/// instant) as ms since the epoch, with whether it was a whole day.
+fn parse_date(s: &str) -> Option<(i64, bool)> {
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        part.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let b = s.as_bytes();
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let day_ms = days_from_civil(y, m, d) * 86_400_000;
+    match b.len() {
+        10 => Some((day_ms, true)),
+        20 if b[10] == b'T' && b[13] == b':' && b[16] == b':' && b[19] == b'Z' => {
+            let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+            if hh > 23 || mm > 59 || ss > 60 {
+                return None;
+            }
+            Some((day_ms + (hh * 3600 + mm * 60 + ss) * 1000, false))
+        }
+        _ => None,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// days_from_civil, the inverse of the conversion in [`rfc2822`]).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+// ---------------------------------------------------------------------------
 // Time
 
 /// RFC 2822 in UTC as Twilio writes it: `Tue, 14 Nov 2023 22:13:20 +0000`.
@@ -1338,16 +1796,7 @@ pub fn rfc2822(t: SystemTime) -> String {
         .map_or(0, |d| d.as_secs() as i64);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = civil_from_days(days);
     let wd = (days + 4).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
     format!(
         "{}, {d:02} {} {y} {:02}:{:02}:{:02} +0000",
@@ -1357,6 +1806,20 @@ pub fn rfc2822(t: SystemTime) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// `(year, month, day)` of a day count since 1970-01-01 (Howard Hinnant's
+/// civil_from_days).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]
@@ -1381,5 +1844,545 @@ mod tests {
         assert!(!is_e164("+1234567890123456"));
         assert!(!is_e164("+1415555010a"));
         assert!(!is_e164(""));
+    }
+
+    #[test]
+    fn dates_round_trip() {
+        for days in [-719_468, -1, 0, 11_016, 19_675, 20_778, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+        assert_eq!(parse_date("2026-11-21"), Some((20_778 * 86_400_000, true)));
+        assert_eq!(
+            parse_date("2026-11-21T01:02:03Z"),
+            Some((20_778 * 86_400_000 + 3_723_000, false))
+        );
+        for bad in [
+            "2026-11-2",
+            "2026-13-01",
+            "2026-11-32",
+            "26-11-21",
+            "2026-11-21T25:00:00Z",
+        ] {
+            assert_eq!(parse_date(bad), None, "{bad}");
+        }
+    }
+
+    // -- the REST client against the emulator ------------------------------------------
+
+    use voxbridge_twilio::rest::{
+        Auth, CreateCall, ListCalls, RetryPolicy, TwilioClient, TwilioError,
+    };
+
+    const FROM: &str = "+14155550100";
+    const DONE: Duration = Duration::from_secs(20);
+    /// A voice URL nobody listens on (busy / failed outcomes never fetch it).
+    const NOWHERE: &str = "http://127.0.0.1:9/voice";
+
+    async fn emulator(cfg: TwilioEmulatorConfig) -> TwilioEmulator {
+        TwilioEmulator::start(TwilioEmulatorConfig { ring_ms: 50, ..cfg })
+            .await
+            .expect("emulator starts")
+    }
+
+    fn client(em: &TwilioEmulator) -> TwilioClient {
+        TwilioClient::new(
+            &em.base_url(),
+            &em.config().account_sid,
+            Auth::AccountToken {
+                auth_token: em.config().auth_token.clone(),
+            },
+        )
+        .expect("client")
+        .with_retry(RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(20),
+        })
+    }
+
+    fn create_to(to: &str, url: &str) -> CreateCall {
+        CreateCall {
+            to: to.into(),
+            from: FROM.into(),
+            url: Some(url.into()),
+            ..CreateCall::default()
+        }
+    }
+
+    fn ymd(days: i64) -> String {
+        let (y, m, d) = civil_from_days(days);
+        format!("{y:04}-{m:02}-{d:02}")
+    }
+
+    fn day_of(t: SystemTime) -> i64 {
+        let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        (secs / 86_400) as i64
+    }
+
+    /// A call that stays queued (never dialed): no start_time.
+    fn insert_queued(em: &TwilioEmulator, to: &str) -> String {
+        let now = SystemTime::now();
+        let sid = random_sid("CA");
+        em.inner.lock().calls.push(Slot {
+            call: EmulatedCall {
+                sid: sid.clone(),
+                to: to.into(),
+                from: FROM.into(),
+                params: Vec::new(),
+                status: "queued".into(),
+                timeline: vec![StatusChange {
+                    status: "queued".into(),
+                    at: now,
+                }],
+                callbacks: Vec::new(),
+                updates: Vec::new(),
+                answered_by: None,
+                date_created: now,
+                start_time: None,
+                answer_time: None,
+                end_time: None,
+                duration: None,
+                recording_sid: None,
+                report: None,
+                error: None,
+                done: true,
+            },
+            hangup: watch::channel(false).0,
+            seq: 0,
+            answered_at: None,
+            ended_at: None,
+        });
+        sid
+    }
+
+    async fn get_json(em: &TwilioEmulator, path_and_query: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .get(format!("{}{path_and_query}", em.base_url()))
+            .basic_auth(&em.config().account_sid, Some(&em.config().auth_token))
+            .send()
+            .await
+            .expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("json"))
+    }
+
+    fn sids(v: &Value) -> Vec<String> {
+        v["calls"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| c["sid"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn list_filters_and_pages_like_twilio() {
+        let (a, b, c, q) = (
+            "+14155550101",
+            "+14155550102",
+            "+14155550103",
+            "+14155550104",
+        );
+        let em = emulator(TwilioEmulatorConfig {
+            outcomes: [a, b, c]
+                .iter()
+                .map(|n| (n.to_string(), Outcome::Busy))
+                .collect(),
+            ..TwilioEmulatorConfig::default()
+        })
+        .await;
+        let tw = client(&em);
+        let mut created = Vec::new();
+        for to in [a, a, b, a, c, b] {
+            let call = tw
+                .create_call(&create_to(to, NOWHERE))
+                .await
+                .expect("create");
+            assert!(call.date_created.is_some());
+            created.push(call.sid);
+        }
+        for sid in &created {
+            let done = em.wait_call_done(sid, DONE).await.expect("done");
+            assert_eq!(done.status, "busy");
+        }
+        let queued = insert_queued(&em, q);
+        let started = em
+            .calls()
+            .iter()
+            .filter_map(|c| c.start_time)
+            .min()
+            .expect("started calls");
+        let today = day_of(started);
+
+        // `To` + paging through next_page_uri (PageSize 2: two pages for three calls).
+        let gets_before = em.requests().len();
+        let to_a = tw
+            .list_calls(&ListCalls {
+                to: Some(a.into()),
+                page_size: Some(2),
+                ..ListCalls::default()
+            })
+            .await
+            .expect("list");
+        let got: Vec<&str> = to_a.iter().map(|c| c.sid.as_str()).collect();
+        assert_eq!(got, [&created[3], &created[1], &created[0]]);
+        assert_eq!(em.requests().len() - gets_before, 2);
+        let reqs = em.requests();
+        assert!(
+            reqs[gets_before + 1].query.contains("PageToken=PA"),
+            "{reqs:?}"
+        );
+
+        // `Status` + `StartTime>`: the queued call has no start_time and is not listed.
+        let list = |status: Option<&str>, to: Option<&str>, day: Option<i64>| ListCalls {
+            status: status.map(str::to_string),
+            to: to.map(str::to_string),
+            started_on_or_after: day.map(ymd),
+            page_size: Some(4),
+            ..ListCalls::default()
+        };
+        let busy = tw
+            .list_calls(&list(Some("busy"), None, Some(today)))
+            .await
+            .expect("list");
+        assert_eq!(busy.len(), 6);
+        assert!(busy.iter().all(|c| c.start_time.is_some()));
+        let tomorrow = tw
+            .list_calls(&list(None, None, Some(today + 1)))
+            .await
+            .expect("list");
+        assert!(tomorrow.is_empty());
+        let q_dated = tw
+            .list_calls(&list(None, Some(q), Some(today)))
+            .await
+            .expect("list");
+        assert!(q_dated.is_empty(), "a queued call has no start_time");
+        let q_queued = tw
+            .list_calls(&list(Some("queued"), None, None))
+            .await
+            .expect("list");
+        assert_eq!(q_queued.len(), 1);
+        assert_eq!(q_queued[0].sid, queued);
+        assert_eq!(q_queued[0].start_time, None);
+        assert!(q_queued[0].date_created.is_some());
+
+        // The other date filters, on the wire.
+        let base = format!(
+            "/{API_VERSION}/Accounts/{}/Calls.json",
+            em.config().account_sid
+        );
+        let count = |v: &Value| v["calls"].as_array().map_or(0, Vec::len);
+        let (st, v) = get_json(&em, &format!("{base}?StartTime={}", ymd(today))).await;
+        assert_eq!((st, count(&v)), (200, 6));
+        let (_, v) = get_json(&em, &format!("{base}?StartTime%3C={}", ymd(today))).await;
+        assert_eq!(count(&v), 0, "at or before midnight of today: none");
+        let (_, v) = get_json(&em, &format!("{base}?StartTime%3C={}", ymd(today + 1))).await;
+        assert_eq!(count(&v), 6);
+        let (_, v) = get_json(
+            &em,
+            &format!("{base}?EndTime%3E={}&From=%2B14155550100", ymd(today)),
+        )
+        .await;
+        assert_eq!(count(&v), 6);
+
+        // Bad filters are Twilio errors, not empty lists.
+        for bad in [
+            "PageSize=0",
+            "PageSize=1001",
+            "Status=answered",
+            "StartTime%3E=2026-13-01",
+            "PageToken=PACAnope",
+            "PageToken=XX",
+        ] {
+            let (st, v) = get_json(&em, &format!("{base}?{bad}")).await;
+            assert_eq!((st, v["code"].as_u64()), (400, Some(20001)), "{bad}: {v}");
+        }
+
+        // next_page_uri stays right when a call is created between two pages.
+        let (_, p1) = get_json(&em, &format!("{base}?PageSize=3")).await;
+        assert_eq!(p1["first_page_uri"], format!("{base}?PageSize=3&Page=0"));
+        assert_eq!(p1["previous_page_uri"], Value::Null);
+        let next = p1["next_page_uri"].as_str().expect("next page").to_string();
+        tw.create_call(&create_to(c, NOWHERE))
+            .await
+            .expect("create");
+        let (_, p2) = get_json(&em, &next).await;
+        assert_eq!(p2["page"], 1);
+        assert_eq!(p2["start"], 3);
+        let mut all = sids(&p1);
+        all.extend(sids(&p2));
+        let mut expected: Vec<String> = created.iter().rev().cloned().collect();
+        expected.insert(0, queued.clone());
+        assert_eq!(all, expected[..6].to_vec(), "no call skipped or repeated");
+        let (_, p3) = get_json(&em, p2["next_page_uri"].as_str().expect("page 3")).await;
+        assert_eq!(sids(&p3), expected[6..].to_vec());
+        assert_eq!(p3["next_page_uri"], Value::Null);
+        let (_, back) = get_json(&em, p2["previous_page_uri"].as_str().expect("prev")).await;
+        assert_eq!(sids(&back), sids(&p1));
+        em.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn create_faults_hide_the_call_but_it_is_placed() {
+        let lose = "+14155550111";
+        let drop = "+14155550112";
+        let unavailable = "+14155550113";
+        let refused = "+14155550114";
+        let slow = "+14155550115";
+        let em = emulator(TwilioEmulatorConfig {
+            create_faults: vec![CreateFaultRule::once(lose, CreateFault::LoseResponse)],
+            ..TwilioEmulatorConfig::default()
+        })
+        .await;
+        for n in [lose, drop, unavailable, refused, slow] {
+            em.set_outcome(n, Outcome::Busy);
+        }
+        em.add_create_fault(CreateFaultRule::once(drop, CreateFault::DropConnection));
+        em.add_create_fault(CreateFaultRule::once(
+            unavailable,
+            CreateFault::Reject {
+                status: 503,
+                code: 20503,
+            },
+        ));
+        em.add_create_fault(CreateFaultRule::always(
+            refused,
+            CreateFault::Reject {
+                status: 400,
+                code: 21215,
+            },
+        ));
+        em.add_create_fault(CreateFaultRule::once(
+            slow,
+            CreateFault::DelayResponse(Duration::from_secs(2)),
+        ));
+        let tw = client(&em);
+        let posts_to = |to: &str| {
+            em.requests()
+                .into_iter()
+                .filter(|r| r.method == "POST" && first(&r.form, "To") == Some(to))
+                .collect::<Vec<_>>()
+        };
+        let calls_to = |to: &str| {
+            em.calls()
+                .into_iter()
+                .filter(|c| c.to == to)
+                .collect::<Vec<_>>()
+        };
+
+        // Lost response: a 500 without SID, not retried, yet the call was dialed.
+        let err = tw
+            .create_call(&create_to(lose, NOWHERE))
+            .await
+            .expect_err("lost");
+        assert_eq!(err.http_status(), Some(500), "{err}");
+        assert_eq!(posts_to(lose).len(), 1);
+        let placed = calls_to(lose);
+        assert_eq!(placed.len(), 1);
+        let done = em.wait_call_done(&placed[0].sid, DONE).await.expect("done");
+        assert_eq!(done.status, "busy");
+        let listed = tw
+            .list_calls(&ListCalls {
+                to: Some(lose.into()),
+                ..ListCalls::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].sid, placed[0].sid);
+        // Used up: the next create succeeds.
+        tw.create_call(&create_to(lose, NOWHERE))
+            .await
+            .expect("second create");
+
+        // Dropped connection: no status line at all.
+        let err = tw
+            .create_call(&create_to(drop, NOWHERE))
+            .await
+            .expect_err("dropped");
+        assert!(matches!(err, TwilioError::Http(_)), "{err:?}");
+        let posts = posts_to(drop);
+        assert_eq!(posts.len(), 1, "not retried: it may have been executed");
+        assert_eq!(posts[0].status, 0);
+        assert_eq!(calls_to(drop).len(), 1);
+
+        // 503 creates nothing: the client retries and exactly one call exists.
+        tw.create_call(&create_to(unavailable, NOWHERE))
+            .await
+            .expect("retried after 503");
+        assert_eq!(posts_to(unavailable).len(), 2);
+        assert_eq!(calls_to(unavailable).len(), 1);
+
+        // Always rejected, nothing created.
+        for _ in 0..2 {
+            let err = tw
+                .create_call(&create_to(refused, NOWHERE))
+                .await
+                .expect_err("refused");
+            assert_eq!(err.twilio_code(), Some(21215));
+            assert_eq!(err.code(), "DESTINATION_NOT_ALLOWED");
+        }
+        assert!(calls_to(refused).is_empty());
+
+        // A response slower than the client's patience.
+        let impatient = client(&em)
+            .with_timeouts(Duration::from_secs(1), Duration::from_millis(300))
+            .expect("timeouts");
+        let err = impatient
+            .create_call(&create_to(slow, NOWHERE))
+            .await
+            .expect_err("timed out");
+        assert!(
+            matches!(err, TwilioError::Http(ref m) if m.contains("timed out")),
+            "{err:?}"
+        );
+        assert_eq!(posts_to(slow).len(), 1);
+        assert_eq!(calls_to(slow).len(), 1);
+
+        // Only the `always` rule is left.
+        let left = em.create_faults();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].to, refused);
+        em.clear_create_faults();
+        assert!(em.create_faults().is_empty());
+        for c in em.calls() {
+            em.wait_call_done(&c.sid, DONE)
+                .await
+                .expect("every call ends");
+        }
+        em.shutdown().await;
+    }
+
+    /// A voxbridge stand-in on its own runtime, so that shutting the runtime down
+    /// closes every socket at once, like `kill -9`.
+    fn doomed_app() -> (tokio::runtime::Runtime, String) {
+        use axum::extract::ws::{Message, WebSocketUpgrade};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = std_listener.local_addr().expect("addr").port();
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let twiml = format!(
+            "<Response><Connect><Stream url=\"wss://127.0.0.1:{port}/media\"/></Connect></Response>"
+        );
+        rt.spawn(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
+                return;
+            };
+            let app = Router::new()
+                .route(
+                    "/voice",
+                    axum::routing::post(move || {
+                        let twiml = twiml.clone();
+                        async move { ([(header::CONTENT_TYPE, "text/xml")], twiml) }
+                    }),
+                )
+                .route(
+                    "/media",
+                    axum::routing::get(|ws: WebSocketUpgrade| async move {
+                        ws.on_upgrade(|mut socket| async move {
+                            while let Some(Ok(m)) = socket.recv().await {
+                                if matches!(m, Message::Close(_)) {
+                                    break;
+                                }
+                            }
+                        })
+                    }),
+                )
+                .fallback(|| async { StatusCode::NO_CONTENT });
+            let _ = axum::serve(listener, app).await;
+        });
+        (rt, format!("http://127.0.0.1:{port}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_end_cleanly_when_the_application_dies() {
+        let (rt, app) = doomed_app();
+        let em = emulator(TwilioEmulatorConfig {
+            default_script: vec![CallerStep::Silence { ms: 20_000 }],
+            ..TwilioEmulatorConfig::default()
+        })
+        .await;
+        let tw = client(&em);
+        let call = |ring_note: &str| CreateCall {
+            status_callback: Some(format!("{app}/status?{ring_note}")),
+            status_callback_events: vec!["initiated".into(), "ringing".into(), "answered".into()],
+            ..create_to("+14155550121", &format!("{app}/voice"))
+        };
+        // One call streaming when the app dies…
+        let streaming = tw
+            .create_call(&call("streaming"))
+            .await
+            .expect("create")
+            .sid;
+        em.wait_status(&streaming, "in-progress", DONE)
+            .await
+            .expect("answered");
+        let voice_ok = eventually(|| {
+            em.call(&streaming)
+                .is_some_and(|c| c.callbacks_of(CallbackKind::Voice).iter().any(|v| v.ok()))
+        })
+        .await;
+        assert!(voice_ok, "voice webhook answered");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = em.call(&streaming).expect("call");
+        assert_eq!(c.status, "in-progress", "{:?} {:?}", c.error, c.report);
+        // …one still ringing (answered after the app is gone)…
+        let ringing = tw.create_call(&call("ringing")).await.expect("create").sid;
+        em.wait_status(&ringing, "ringing", DONE)
+            .await
+            .expect("ringing");
+        rt.shutdown_background();
+        // …and one created after it died.
+        let late = tw.create_call(&call("late")).await.expect("create").sid;
+
+        for sid in [&streaming, &ringing, &late] {
+            let c = em.wait_call_done(sid, DONE).await.expect("the call ends");
+            assert_eq!(c.status, "completed", "{sid}: {:?}", c.statuses());
+            assert!(c.end_time.is_some());
+            let last = c.status_callbacks().last().map(|cb| cb.param("CallStatus"));
+            assert_eq!(last, Some(Some("completed")));
+            assert!(
+                !c.status_callbacks().last().is_some_and(|cb| cb.ok()),
+                "app is down: {sid} {:?}",
+                c.callbacks
+            );
+        }
+        let streaming = em.call(&streaming).expect("streaming");
+        // The media socket died under the caller: Twilio ends <Connect><Stream>.
+        let end = streaming.report.as_ref().map(|r| r.end.clone());
+        assert!(
+            matches!(end, Some(caller::CallEnd::Disconnected(_))),
+            "{end:?} {:?}",
+            streaming.error
+        );
+        for sid in [&ringing, &late] {
+            let c = em.call(sid).expect("call");
+            assert!(
+                c.error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("voice webhook")),
+                "{:?}",
+                c.error
+            );
+        }
+        assert_eq!(em.calls().len(), 3);
+        em.shutdown().await;
+    }
+
+    async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+        for _ in 0..1000 {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
     }
 }

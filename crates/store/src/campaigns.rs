@@ -1206,6 +1206,20 @@ impl Store {
         Ok(out)
     }
 
+    /// At startup: this node's `dialing` attempts (started before `now_ms - 2 s`, so not one a
+    /// twin process with the same node id is sending right now) are in doubt; their lease is
+    /// ended so the reconciler looks at them at once. Returns how many.
+    pub async fn release_node_leases(&self, node: &str, now_ms: i64) -> Result<u64, StoreError> {
+        const SQL: &str = "UPDATE attempts SET lease_until_ms = 0 WHERE node = $1 \
+             AND state = 'dialing' AND started_at_ms < $2";
+        Ok(with_pool!(self, p => sqlx::query(SQL)
+            .bind(node)
+            .bind(now_ms - 2_000)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?)
+    }
+
     /// Extends this node's lease on an attempt.
     pub async fn extend_attempt_lease(
         &self,
@@ -1324,18 +1338,37 @@ impl Store {
     }
 }
 
-/// The task a campaign call carries: the campaign's task plus the contact's name and context
-/// (what the agent's instructions template can use).
+/// The task a campaign call carries (`{"task": {type, prompt, context}, "campaign_id", …}`):
+/// the campaign's task with the contact's name, number and import columns merged into its
+/// `context` (the contact's values win), as text, for the agent's instructions template.
 pub fn call_task(campaign: &CampaignRecord, contact: &ContactRecord) -> serde_json::Value {
+    use serde_json::Value;
+    let mut task = match &campaign.task {
+        Some(Value::Object(m)) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    let mut context = match task.remove("context") {
+        Some(Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    if let Some(name) = &contact.name {
+        context.insert("name".into(), Value::String(name.clone()));
+    }
+    context.insert("phone".into(), Value::String(contact.phone.clone()));
+    if let Value::Object(fields) = &contact.context {
+        for (k, v) in fields {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            context.insert(k.clone(), Value::String(text));
+        }
+    }
+    task.insert("context".into(), Value::Object(context));
     serde_json::json!({
-        "task": campaign.task,
+        "task": Value::Object(task),
         "campaign_id": campaign.id,
         "contact_id": contact.id,
-        "context": {
-            "name": contact.name,
-            "phone": contact.phone,
-            "fields": contact.context,
-        },
     })
 }
 

@@ -962,8 +962,12 @@ async fn dispatch_dials_defers_refuses(db: TestDb) -> TestResult {
     assert_eq!(
         call.task
             .as_ref()
-            .and_then(|v| v["context"]["fields"]["i"].as_i64()),
-        Some(0)
+            .and_then(|v| v["task"]["context"]["i"].as_str()),
+        Some("0")
+    );
+    assert_eq!(
+        call.task.as_ref().map(|v| v["task"]["prompt"].clone()),
+        Some(json!("remind them"))
     );
     let all = s.list_contacts("c1", &ContactFilter::default()).await?;
     assert_eq!(all[1].state, "deferred");

@@ -1,5 +1,6 @@
 //! Minimal Twilio REST client (API version `2010-04-01`) for the call lifecycle:
-//! create an outbound call, update / hang up a live call, fetch its state.
+//! create an outbound call, update / hang up a live call, fetch its state, list calls
+//! (to find out, after a crash or a lost response, whether a call was placed).
 //!
 //! * Form-encoded requests with Twilio's PascalCase parameter names; list parameters
 //!   (`StatusCallbackEvent`, `RecordingStatusCallbackEvent`) are sent as **repeated keys**,
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use reqwest::header::{ACCEPT, HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 /// Production API base (`TWILIO_API_BASE` overrides it in the server's config).
@@ -33,6 +35,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Twilio documents a 4,000 character limit for the `Twiml` parameter.
 pub const MAX_TWIML_LEN: usize = 4000;
 
+/// Pages [`TwilioClient::list_calls`] follows when [`ListCalls::max_pages`] is unset.
+pub const DEFAULT_MAX_LIST_PAGES: u32 = 20;
+/// Twilio's largest `PageSize`.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
 const API_VERSION: &str = "2010-04-01";
 const STATUS_CALLBACK_EVENTS: [&str; 4] = ["initiated", "ringing", "answered", "completed"];
 const RECORDING_STATUS_CALLBACK_EVENTS: [&str; 3] = ["in-progress", "completed", "absent"];
@@ -40,6 +47,17 @@ const MACHINE_DETECTION: [&str; 2] = ["Enable", "DetectMessageEnd"];
 const RECORDING_CHANNELS: [&str; 2] = ["mono", "dual"];
 const HTTP_METHODS: [&str; 2] = ["GET", "POST"];
 const UPDATE_STATUSES: [&str; 2] = ["completed", "canceled"];
+/// `call_enum_status` of twilio-oai's `twilio_api_v2010.json`.
+const CALL_STATUSES: [&str; 8] = [
+    "queued",
+    "ringing",
+    "in-progress",
+    "canceled",
+    "completed",
+    "failed",
+    "busy",
+    "no-answer",
+];
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -63,9 +81,14 @@ pub enum TwilioError {
     /// No usable HTTP response: connect error, timeout, reset (after retries).
     #[error("HTTP error talking to Twilio: {0}")]
     Http(String),
-    /// A 2xx response whose body is not a call resource.
+    /// A 2xx response whose body is not a call resource (or not a page of them).
     #[error("unexpected Twilio response: {0}")]
     Decode(String),
+    /// A list had more pages than the caller allowed. An error rather than a short list,
+    /// because a caller asking "was this number already dialed?" must not read a partial
+    /// answer as "no".
+    #[error("Twilio list has more than {max_pages} pages; narrow the filters")]
+    TooManyPages { max_pages: u32 },
 }
 
 fn fmt_code(code: &Option<u32>) -> String {
@@ -80,6 +103,7 @@ impl TwilioError {
             Self::InvalidRequest(_) => "INVALID_REQUEST",
             Self::Http(_) => "TWILIO_UNAVAILABLE",
             Self::Decode(_) => "TWILIO_BAD_RESPONSE",
+            Self::TooManyPages { .. } => "TWILIO_LIST_TOO_LONG",
             Self::Api { status, code, .. } => match (code, status) {
                 // 21211 invalid 'To', 21217 not a valid phone number, 13223/13224 invalid
                 // phone number format / invalid number.
@@ -375,6 +399,98 @@ impl UpdateCall {
     }
 }
 
+/// Filters of `GET /2010-04-01/Accounts/{AccountSid}/Calls.json` ("read multiple call
+/// resources"), newest first. Exists so that a dialer that lost a `create_call` response
+/// (crash, timeout, 5xx) can ask Twilio whether the call was placed before trying again.
+///
+/// **Queued calls are invisible to the date filter.** Twilio's `StartTime` filters apply to
+/// `start_time`, which stays empty until the call is dialed; a call still `queued` matches
+/// `started_on_or_after` never. To see those too, also list with `status: Some("queued")`
+/// and no date filter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListCalls {
+    /// `To`: only calls to this number (E.164, `sip:` URI, `client:` identity).
+    pub to: Option<String>,
+    /// `From`: only calls from this number.
+    pub from: Option<String>,
+    /// `Status`: `queued` `ringing` `in-progress` `canceled` `completed` `failed` `busy`
+    /// `no-answer`.
+    pub status: Option<String>,
+    /// `StartTime>` as `YYYY-MM-DD` (UTC): calls that started at or after midnight of that
+    /// day. Twilio's filter has day granularity, so callers filter finer times themselves.
+    pub started_on_or_after: Option<String>,
+    /// `PageSize`: 1..=[`MAX_PAGE_SIZE`]; Twilio's default (50) when unset.
+    pub page_size: Option<u32>,
+    /// Pages to follow at most (default [`DEFAULT_MAX_LIST_PAGES`]); more pages than this is
+    /// [`TwilioError::TooManyPages`], never a silently shortened list.
+    pub max_pages: Option<u32>,
+}
+
+impl ListCalls {
+    /// The query pairs of the first page, with Twilio's names (`StartTime>` is sent as
+    /// `StartTime%3E=YYYY-MM-DD`, as the official clients do).
+    pub fn query(&self) -> Vec<(String, String)> {
+        let mut f = Form::default();
+        f.opt("To", &self.to);
+        f.opt("From", &self.from);
+        f.opt("Status", &self.status);
+        f.opt("StartTime>", &self.started_on_or_after);
+        if let Some(n) = self.page_size {
+            f.push("PageSize", &n.to_string());
+        }
+        f.0
+    }
+
+    /// Local checks: non-empty numbers, a known status, a `YYYY-MM-DD` date, a page size
+    /// Twilio accepts, at least one page.
+    pub fn validate(&self) -> Result<(), TwilioError> {
+        for (name, v) in [("To", &self.to), ("From", &self.from)] {
+            if let Some(v) = v {
+                non_empty(name, v)?;
+            }
+        }
+        one_of("Status", self.status.as_deref(), &CALL_STATUSES)?;
+        if let Some(d) = &self.started_on_or_after
+            && !is_ymd(d)
+        {
+            return invalid(format!("StartTime> {d:?} is not a YYYY-MM-DD date"));
+        }
+        if let Some(n) = self.page_size
+            && !(1..=MAX_PAGE_SIZE).contains(&n)
+        {
+            return invalid(format!("PageSize {n} is not in 1..={MAX_PAGE_SIZE}"));
+        }
+        if self.max_pages == Some(0) {
+            return invalid("max_pages must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// `YYYY-MM-DD` with a plausible month and day.
+fn is_ymd(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' || !digits(0..4) {
+        return false;
+    }
+    if !digits(5..7) || !digits(8..10) {
+        return false;
+    }
+    let month = (b[5] - b'0') * 10 + (b[6] - b'0');
+    let day = (b[8] - b'0') * 10 + (b[9] - b'0');
+    (1..=12).contains(&month) && (1..=31).contains(&day)
+}
+
+/// One page of the list response; the paging fields other than `next_page_uri` are ignored.
+#[derive(Deserialize)]
+struct CallPage {
+    calls: Vec<CallResource>,
+    /// Relative to the API base (`/2010-04-01/Accounts/…`); `null` on the last page.
+    #[serde(default)]
+    next_page_uri: Option<String>,
+}
+
 /// The subset of Twilio's call resource we use; unknown fields are ignored.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct CallResource {
@@ -394,7 +510,12 @@ pub struct CallResource {
     /// AMD result (`human`, `machine_start`, ..), when machine detection ran.
     #[serde(default)]
     pub answered_by: Option<String>,
-    /// RFC 2822 timestamps as Twilio sends them.
+    /// RFC 2822, as Twilio sends it: when Twilio accepted the create request. Unlike
+    /// `start_time` it is set for calls still `queued`, so a dialer reconciling after a
+    /// lost response can match a call to its own attempt by time.
+    #[serde(default)]
+    pub date_created: Option<String>,
+    /// RFC 2822 timestamps as Twilio sends them (`start_time` is empty until dialed).
     #[serde(default)]
     pub start_time: Option<String>,
     #[serde(default)]
@@ -600,6 +721,66 @@ impl TwilioClient {
         self.update_call(call_sid, &req).await
     }
 
+    /// Every call matching `q`, newest first, following `next_page_uri` up to
+    /// [`ListCalls::max_pages`] pages (duplicates across pages are dropped). Each page is a
+    /// GET, retried like [`TwilioClient::fetch_call`]. See [`ListCalls`] for why queued
+    /// calls do not match a date filter.
+    pub async fn list_calls(&self, q: &ListCalls) -> Result<Vec<CallResource>, TwilioError> {
+        q.validate()?;
+        let max_pages = q.max_pages.unwrap_or(DEFAULT_MAX_LIST_PAGES);
+        let first = format!(
+            "{}/{API_VERSION}/Accounts/{}/Calls.json",
+            self.base, self.account_sid
+        );
+        let mut url = url::Url::parse(&first)
+            .map_err(|e| TwilioError::InvalidRequest(format!("list URL {first:?}: {e}")))?;
+        let query = q.query();
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query.iter());
+        }
+        let mut next = Some(url.to_string());
+        let mut calls: Vec<CallResource> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            if pages >= max_pages {
+                return Err(TwilioError::TooManyPages { max_pages });
+            }
+            pages += 1;
+            let page: CallPage = self
+                .execute("list calls", Method::GET, url, None, Replay::Safe)
+                .await?;
+            for call in page.calls {
+                if seen.insert(call.sid.clone()) {
+                    calls.push(call);
+                }
+            }
+            next = match page.next_page_uri.filter(|u| !u.is_empty()) {
+                Some(uri) => Some(self.next_page_url(&uri)?),
+                None => None,
+            };
+        }
+        Ok(calls)
+    }
+
+    /// `next_page_uri` is relative to the API base. An absolute URL is followed only when
+    /// it points at our own base: the credentials must never go to another host.
+    fn next_page_url(&self, uri: &str) -> Result<String, TwilioError> {
+        if uri.starts_with('/') && !uri.starts_with("//") {
+            Ok(format!("{}{uri}", self.base))
+        } else if uri
+            .strip_prefix(&self.base)
+            .is_some_and(|rest| rest.starts_with('/'))
+        {
+            Ok(uri.to_owned())
+        } else {
+            Err(TwilioError::Decode(format!(
+                "list calls: next_page_uri {:?} is not under the API base",
+                snippet(uri.as_bytes())
+            )))
+        }
+    }
+
     fn call_url(&self, call_sid: &str) -> Result<String, TwilioError> {
         path_safe("CallSid", call_sid)?;
         Ok(format!(
@@ -619,14 +800,14 @@ impl TwilioClient {
         }
     }
 
-    async fn execute(
+    async fn execute<T: DeserializeOwned>(
         &self,
         op: &'static str,
         method: Method,
         url: String,
         form: Option<Vec<(String, String)>>,
         replay: Replay,
-    ) -> Result<CallResource, TwilioError> {
+    ) -> Result<T, TwilioError> {
         let max = self.retry.max_attempts.max(1);
         let mut attempt = 1;
         loop {
@@ -637,7 +818,7 @@ impl TwilioClient {
             let (err, retryable, retry_after) = match rb.send().await {
                 Ok(resp) if resp.status().is_success() => match resp.bytes().await {
                     Ok(body) => {
-                        return serde_json::from_slice::<CallResource>(&body).map_err(|e| {
+                        return serde_json::from_slice::<T>(&body).map_err(|e| {
                             TwilioError::Decode(format!("{op}: {e}: {}", snippet(&body)))
                         });
                     }
@@ -868,6 +1049,230 @@ mod tests {
         assert!(e.to_string().contains("bad gateway"), "{e}");
         let e = api_error(StatusCode::NOT_FOUND, b"");
         assert_eq!(e.code(), "TWILIO_NOT_FOUND");
+    }
+
+    // -- list_calls against a tiny local server ------------------------------------------
+
+    const ACCOUNT: &str = "AC00000000000000000000000000000000";
+
+    /// Serves `pages` in order (then the last one again) and records each raw query.
+    struct PageServer {
+        base: String,
+        queries: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl PageServer {
+        async fn start(pages: Vec<(u16, serde_json::Value)>) -> Self {
+            use axum::http::Uri;
+            use axum::response::IntoResponse;
+            let queries = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let q = queries.clone();
+            let pages = std::sync::Arc::new(pages);
+            let app = axum::Router::new().fallback(move |uri: Uri| {
+                let q = q.clone();
+                let pages = pages.clone();
+                async move {
+                    let mut seen = q.lock().unwrap_or_else(|e| e.into_inner());
+                    seen.push(format!(
+                        "{}?{}",
+                        uri.path(),
+                        uri.query().unwrap_or_default()
+                    ));
+                    let i = (seen.len() - 1).min(pages.len() - 1);
+                    let (status, body) = pages[i].clone();
+                    let status = axum::http::StatusCode::from_u16(status)
+                        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+                    (status, axum::Json(body)).into_response()
+                }
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            Self {
+                base: format!("http://{addr}"),
+                queries,
+            }
+        }
+
+        fn client(&self) -> TwilioClient {
+            TwilioClient::new(
+                &self.base,
+                ACCOUNT,
+                Auth::AccountToken {
+                    auth_token: "token".into(),
+                },
+            )
+            .expect("client")
+            .with_retry(RetryPolicy {
+                max_attempts: 3,
+                base_delay: Duration::from_millis(5),
+                max_delay: Duration::from_millis(20),
+            })
+        }
+
+        fn queries(&self) -> Vec<String> {
+            self.queries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        }
+    }
+
+    fn call(sid: &str) -> serde_json::Value {
+        serde_json::json!({
+            "sid": sid, "status": "completed", "to": "+14155550100", "from": "+14155550199",
+            "date_created": "Sat, 21 Nov 2026 09:00:00 +0000",
+            "start_time": "Sat, 21 Nov 2026 09:00:01 +0000", "end_time": null,
+        })
+    }
+
+    fn page(sids: &[&str], next: Option<&str>) -> serde_json::Value {
+        serde_json::json!({
+            "calls": sids.iter().map(|s| call(s)).collect::<Vec<_>>(),
+            "next_page_uri": next, "page": 0, "page_size": 2,
+        })
+    }
+
+    #[tokio::test]
+    async fn list_calls_sends_twilio_filters_and_follows_pages() {
+        let next =
+            format!("/{API_VERSION}/Accounts/{ACCOUNT}/Calls.json?PageSize=2&Page=1&PageToken=PAx");
+        let server = PageServer::start(vec![
+            (200, page(&["CA1", "CA2"], Some(&next))),
+            // CA2 again (a page boundary that moved) is dropped.
+            (200, page(&["CA2", "CA3"], None)),
+        ])
+        .await;
+        let q = ListCalls {
+            to: Some("+14155550100".into()),
+            from: Some("+14155550199".into()),
+            status: Some("completed".into()),
+            started_on_or_after: Some("2026-11-21".into()),
+            page_size: Some(2),
+            max_pages: None,
+        };
+        let calls = server.client().list_calls(&q).await.expect("list");
+        let sids: Vec<&str> = calls.iter().map(|c| c.sid.as_str()).collect();
+        assert_eq!(sids, ["CA1", "CA2", "CA3"]);
+        assert_eq!(
+            calls[0].date_created.as_deref(),
+            Some("Sat, 21 Nov 2026 09:00:00 +0000")
+        );
+        let queries = server.queries();
+        assert_eq!(
+            queries[0],
+            format!(
+                "/{API_VERSION}/Accounts/{ACCOUNT}/Calls.json?To=%2B14155550100&From=%2B14155550199\
+                 &Status=completed&StartTime%3E=2026-11-21&PageSize=2"
+            )
+        );
+        assert_eq!(queries[1], next);
+        assert_eq!(queries.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn list_calls_retries_server_errors_and_bounds_pages() {
+        let next = format!("/{API_VERSION}/Accounts/{ACCOUNT}/Calls.json?Page=1");
+        let server = PageServer::start(vec![
+            (500, serde_json::json!({"code": 20500, "message": "oops"})),
+            (200, page(&["CA1"], Some(&next))),
+        ])
+        .await;
+        let q = ListCalls {
+            max_pages: Some(3),
+            ..ListCalls::default()
+        };
+        let err = server.client().list_calls(&q).await.expect_err("endless");
+        assert_eq!(err, TwilioError::TooManyPages { max_pages: 3 });
+        assert_eq!(err.code(), "TWILIO_LIST_TOO_LONG");
+        // One 500 retried, then three pages.
+        assert_eq!(server.queries().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn list_calls_never_follows_a_foreign_next_page() {
+        let server = PageServer::start(vec![(
+            200,
+            page(&["CA1"], Some("https://evil.example/2010-04-01/x.json")),
+        )])
+        .await;
+        let err = server
+            .client()
+            .list_calls(&ListCalls::default())
+            .await
+            .expect_err("foreign host");
+        assert_eq!(err.code(), "TWILIO_BAD_RESPONSE", "{err}");
+        assert_eq!(server.queries().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn list_calls_decodes_errors_and_bad_pages() {
+        let server = PageServer::start(vec![(200, serde_json::json!({"nope": []}))]).await;
+        let err = server
+            .client()
+            .list_calls(&ListCalls::default())
+            .await
+            .expect_err("not a page");
+        assert_eq!(err.code(), "TWILIO_BAD_RESPONSE");
+        let server = PageServer::start(vec![(
+            401,
+            serde_json::json!({"code": 20003, "message": "Authenticate", "status": 401}),
+        )])
+        .await;
+        let err = server
+            .client()
+            .list_calls(&ListCalls::default())
+            .await
+            .expect_err("401");
+        assert_eq!(err.code(), "TWILIO_AUTH_FAILED");
+        assert_eq!(server.queries().len(), 1, "4xx is not retried");
+    }
+
+    #[test]
+    fn list_calls_validation() {
+        let ok = ListCalls::default();
+        assert!(ok.validate().is_ok());
+        assert!(ok.query().is_empty());
+        let bad = |q: ListCalls| q.validate().expect_err("invalid").code();
+        for d in [
+            "2026-1-21",
+            "21-11-2026",
+            "2026-13-01",
+            "2026-11-32",
+            "2026-11-21T00:00",
+        ] {
+            let q = ListCalls {
+                started_on_or_after: Some(d.into()),
+                ..ListCalls::default()
+            };
+            assert_eq!(bad(q), "INVALID_REQUEST", "{d}");
+        }
+        for n in [0, MAX_PAGE_SIZE + 1] {
+            let q = ListCalls {
+                page_size: Some(n),
+                ..ListCalls::default()
+            };
+            assert_eq!(bad(q), "INVALID_REQUEST");
+        }
+        let q = ListCalls {
+            status: Some("answered".into()),
+            ..ListCalls::default()
+        };
+        assert_eq!(bad(q), "INVALID_REQUEST");
+        let q = ListCalls {
+            to: Some(" ".into()),
+            ..ListCalls::default()
+        };
+        assert_eq!(bad(q), "INVALID_REQUEST");
+        let q = ListCalls {
+            max_pages: Some(0),
+            ..ListCalls::default()
+        };
+        assert_eq!(bad(q), "INVALID_REQUEST");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod call;
 mod cli;
+mod cluster;
 mod helpers;
 mod loadtest;
 mod rest;
