@@ -2,6 +2,7 @@
 //! Realtime simulator as the model, the Twilio caller emulator as the phone.
 
 mod call;
+mod campaign;
 mod cli;
 mod cluster;
 mod helpers;
