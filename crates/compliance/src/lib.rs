@@ -41,7 +41,6 @@
 mod policy;
 mod states;
 #[rustfmt::skip]
-#[allow(clippy::all)]
 mod zone_table;
 mod zones;
 
@@ -457,11 +456,6 @@ fn prepare<'p>(callee: &Callee<'_>, policy: &'p Policy) -> Result<Rules<'p>, Ref
         field: e.field().to_string(),
         message: e.to_string(),
     })?;
-    let state = if policy.apply_state_rules {
-        us_state(callee.number).and_then(state_rule)
-    } else {
-        None
-    };
     Ok(Rules {
         policy,
         state,

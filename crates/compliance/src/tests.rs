@@ -398,20 +398,55 @@ fn dst_fall_back_new_york() {
 }
 
 #[test]
-fn retry_time_in_a_dst_gap_moves_forward() {
-    // Lord Howe Island: 2026-10-04 02:00 -> 02:30 (+10:30 -> +11). Retry time 02:15 is in the gap;
-    // it can never be inside a window, so test the slot arithmetic on New York instead: a retry time
-    // 09:00 on the spring-forward day lands at 13:00Z.
-    let p = Policy::default();
+fn local_times_in_gaps_and_folds_use_compatible_disambiguation() {
+    let ny = jiff::tz::db().get("America/New_York").expect("tz");
+    // 02:30 does not exist on 2026-03-08: moved forward by the 1 h gap, 03:30 EDT.
+    assert_eq!(
+        instant(&ny, "2026-03-08T02:30".parse().expect("dt")),
+        Some(ts("2026-03-08T07:30Z"))
+    );
+    // 01:30 happens twice on 2026-11-01: the earlier one (EDT).
+    assert_eq!(
+        instant(&ny, "2026-11-01T01:30".parse().expect("dt")),
+        Some(ts("2026-11-01T05:30Z"))
+    );
+    // Retry slots on the spring-forward day: 10:00 EDT = 14:00Z.
     let c = callee(NYC);
-    let now = ts("2026-03-07T23:30Z"); // 18:30 EST on Saturday; 18:00 slot passed
-    let r = next_retry(now, Outcome::NoAnswer, now, 1, &c, &[], "c1", &p);
+    let now = ts("2026-03-07T23:30Z"); // 18:30 EST on Saturday; the 18:00 slot has passed
+    let r = next_retry(
+        now,
+        Outcome::NoAnswer,
+        now,
+        1,
+        &c,
+        &[],
+        "c1",
+        &Policy::default(),
+    );
     assert_eq!(
         r,
         Retry::At {
             at: ts("2026-03-08T14:00Z")
         }
-    ); // 10:00 EDT
+    );
+    // ... and on the fall-back day 10:00 EST = 15:00Z.
+    let now = ts("2026-10-31T22:30Z"); // 18:30 EDT on Saturday
+    let r = next_retry(
+        now,
+        Outcome::NoAnswer,
+        now,
+        1,
+        &c,
+        &[],
+        "c1",
+        &Policy::default(),
+    );
+    assert_eq!(
+        r,
+        Retry::At {
+            at: ts("2026-11-01T15:00Z")
+        }
+    );
 }
 
 // ---- caps ---------------------------------------------------------------------------------------

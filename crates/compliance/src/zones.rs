@@ -205,17 +205,28 @@ pub(crate) fn resolve_with(
 }
 
 /// The US state (USPS code) of a NANP number's area code: `+1NPA…` with an area code that
-/// libphonenumber places in the US. Separators (spaces, `-`, `.`, parentheses) are ignored.
+/// libphonenumber places in the US. Separators (spaces, `-`, `.`, parentheses) are ignored; other
+/// forms (extensions, vanity letters) go through the full parser.
 pub fn us_state(number: &str) -> Option<&'static str> {
-    let mut digits = String::with_capacity(12);
-    let rest = number.trim().strip_prefix('+')?;
-    for c in rest.chars() {
-        match c {
-            '0'..='9' => digits.push(c),
-            ' ' | '-' | '.' | '(' | ')' => {}
-            _ => return None,
+    let simple = number.trim().strip_prefix('+').and_then(|rest| {
+        let mut digits = String::with_capacity(12);
+        for c in rest.chars() {
+            match c {
+                '0'..='9' => digits.push(c),
+                ' ' | '-' | '.' | '(' | ')' => {}
+                _ => return None,
+            }
         }
+        Some(digits)
+    });
+    match simple {
+        Some(digits) => state_of_digits(&digits),
+        None => state_of_digits(&parse_number(number)?.digits),
     }
+}
+
+/// [`us_state`] for E.164 digits without `+` ("13055550100").
+pub(crate) fn state_of_digits(digits: &str) -> Option<&'static str> {
     if digits.len() != 11 || !digits.starts_with('1') {
         return None;
     }

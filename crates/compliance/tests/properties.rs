@@ -8,8 +8,9 @@ use jiff::{
 };
 use proptest::prelude::*;
 use voxbridge_compliance::{
-    Callee, Decision, FEDERAL_WINDOW_END, FEDERAL_WINDOW_START, MIN_RETRY_GAP_S, Outcome, PastAttempt,
-    Policy, Retry, StateRule, Timestamp, Zones, check, next_retry, resolve_zones, state_rule, us_state,
+    Callee, Decision, FEDERAL_WINDOW_END, FEDERAL_WINDOW_START, MIN_RETRY_GAP_S, Outcome,
+    PastAttempt, Policy, Retry, StateRule, Timestamp, Zones, check, next_retry, resolve_zones,
+    state_rule, us_state,
 };
 
 const ZONES: &[&str] = &[
@@ -48,31 +49,45 @@ const NUMBERS: &[&str] = &[
 ];
 
 fn tz(name: &str) -> TimeZone {
-    jiff::tz::db().get(name).unwrap_or_else(|e| panic!("{name}: {e}"))
+    jiff::tz::db()
+        .get(name)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn secs(t: Timestamp, s: i64) -> Timestamp {
-    t.checked_add(SignedDuration::from_secs(s)).unwrap_or_else(|e| panic!("{e}"))
+    t.checked_add(SignedDuration::from_secs(s))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn at_local(z: &TimeZone, d: Date, t: Time) -> Timestamp {
-    d.to_datetime(t).to_zoned(z.clone()).unwrap_or_else(|e| panic!("{e}")).timestamp()
+    d.to_datetime(t)
+        .to_zoned(z.clone())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .timestamp()
 }
 
 /// An instant near a DST transition of a random zone in 2024–2030 (or anywhere in the year).
 fn instant() -> impl Strategy<Value = Timestamp> {
-    (0..ZONES.len(), 2024i16..=2030, 0usize..3, -2 * 86_400i64..2 * 86_400, any::<bool>()).prop_map(
-        |(zi, year, nth, off, near)| {
+    (
+        0..ZONES.len(),
+        2024i16..=2030,
+        0usize..3,
+        -2 * 86_400i64..2 * 86_400,
+        any::<bool>(),
+    )
+        .prop_map(|(zi, year, nth, off, near)| {
             let z = tz(ZONES[zi]);
             let jan1 = at_local(&z, jiff::civil::date(year, 1, 1), Time::midnight());
             let base = if near {
-                z.following(jan1).nth(nth).map(|t| t.timestamp()).unwrap_or(jan1)
+                z.following(jan1)
+                    .nth(nth)
+                    .map(|t| t.timestamp())
+                    .unwrap_or(jan1)
             } else {
                 secs(jan1, i64::try_from(nth).unwrap_or(0) * 120 * 86_400)
             };
             secs(base, off)
-        },
-    )
+        })
 }
 
 fn time_q(lo_q: i8, hi_q: i8) -> impl Strategy<Value = Time> {
@@ -94,41 +109,43 @@ fn weekday(i: u8) -> Weekday {
 /// Random valid policies.
 fn policy() -> impl Strategy<Value = Policy> {
     (
-        time_q(28, 56),                                // start 07:00..14:00 (clamped below)
-        time_q(52, 86),                                // end 13:00..21:30 (clamped below)
-        proptest::collection::vec(0u8..7, 0..3),       // no-call days
-        1u32..4,                                       // per day
+        time_q(28, 56),                                  // start 07:00..14:00 (clamped below)
+        time_q(52, 86),                                  // end 13:00..21:30 (clamped below)
+        proptest::collection::vec(0u8..7, 0..3),         // no-call days
+        1u32..4,                                         // per day
         proptest::collection::vec(time_q(32, 84), 1..4), // retry times
-        1u32..7,                                       // give up days
-        1u32..8,                                       // max attempts
-        0u32..900,                                     // margin
-        any::<bool>(),                                 // state rules
+        1u32..7,                                         // give up days
+        1u32..8,                                         // max attempts
+        0u32..900,                                       // margin
+        any::<bool>(),                                   // state rules
     )
-        .prop_map(|(s, e, days, per_day, mut retry, give_up, max, margin, state)| {
-            let start = s.max(FEDERAL_WINDOW_START);
-            let mut end = e.min(FEDERAL_WINDOW_END);
-            if end <= start.checked_add(2.hours()).unwrap_or(start) {
-                end = FEDERAL_WINDOW_END;
-            }
-            // make sure one retry time is callable
-            retry.push(start.checked_add(30.minutes()).unwrap_or(start));
-            let mut no_call_days: Vec<Weekday> = days.into_iter().map(weekday).collect();
-            no_call_days.dedup();
-            let p = Policy {
-                window_start: start,
-                window_end: end,
-                no_call_days,
-                max_attempts_per_day: per_day,
-                retry_times: retry,
-                give_up_after_days: give_up,
-                max_attempts: max,
-                require_consent: true,
-                start_margin_s: margin,
-                apply_state_rules: state,
-            };
-            assert_eq!(p.validate(), Ok(()), "{p:?}");
-            p
-        })
+        .prop_map(
+            |(s, e, days, per_day, mut retry, give_up, max, margin, state)| {
+                let start = s.max(FEDERAL_WINDOW_START);
+                let mut end = e.min(FEDERAL_WINDOW_END);
+                if end <= start.checked_add(2.hours()).unwrap_or(start) {
+                    end = FEDERAL_WINDOW_END;
+                }
+                // make sure one retry time is callable
+                retry.push(start.checked_add(30.minutes()).unwrap_or(start));
+                let mut no_call_days: Vec<Weekday> = days.into_iter().map(weekday).collect();
+                no_call_days.dedup();
+                let p = Policy {
+                    window_start: start,
+                    window_end: end,
+                    no_call_days,
+                    max_attempts_per_day: per_day,
+                    retry_times: retry,
+                    give_up_after_days: give_up,
+                    max_attempts: max,
+                    require_consent: true,
+                    start_margin_s: margin,
+                    apply_state_rules: state,
+                };
+                assert_eq!(p.validate(), Ok(()), "{p:?}");
+                p
+            },
+        )
 }
 
 #[derive(Clone, Debug)]
@@ -146,7 +163,7 @@ fn case() -> impl Strategy<Value = Case> {
         instant(),
         0..NUMBERS.len(),
         proptest::option::weighted(0.5, 0..ZONES.len()),
-        proptest::collection::vec((0i64..3 * 86_400, 0u8..2), 0..8),
+        proptest::collection::vec((0i64..2 * 86_400, 0u8..2), 0..9),
         policy(),
     )
         .prop_map(|(now, ni, zi, history, policy)| Case {
@@ -162,7 +179,12 @@ const SUBJECTS: [&str; 2] = ["camp-a", "camp-b"];
 
 impl Case {
     fn callee(&self) -> Callee<'static> {
-        Callee { number: self.number, timezone: self.zone, consent: true, do_not_call: false }
+        Callee {
+            number: self.number,
+            timezone: self.zone,
+            consent: true,
+            do_not_call: false,
+        }
     }
     fn attempts(&self) -> Vec<PastAttempt<'static>> {
         self.history
@@ -178,12 +200,21 @@ impl Case {
         resolve_zones(self.number, self.zone).unwrap_or_else(|e| panic!("{e}"))
     }
     fn state(&self) -> Option<&'static StateRule> {
-        if self.policy.apply_state_rules { us_state(self.number).and_then(state_rule) } else { None }
+        if self.policy.apply_state_rules {
+            us_state(self.number).and_then(state_rule)
+        } else {
+            None
+        }
     }
 }
 
 /// Independent restatement of the rules for one instant (used to check `Allowed`).
-fn allowed_by_rules(c: &Case, t: Timestamp, history: &[PastAttempt<'_>], subject: &str) -> Result<(), String> {
+fn allowed_by_rules(
+    c: &Case,
+    t: Timestamp,
+    history: &[PastAttempt<'_>],
+    subject: &str,
+) -> Result<(), String> {
     let p = &c.policy;
     let state = c.state();
     let mut start = p.window_start.max(FEDERAL_WINDOW_START);
@@ -199,27 +230,37 @@ fn allowed_by_rules(c: &Case, t: Timestamp, history: &[PastAttempt<'_>], subject
         if p.no_call_days.contains(&day) {
             return Err(format!("{name}: policy no-call day {day:?}"));
         }
-        if let Some(s) = state {
-            if (s.no_sundays && day == Weekday::Sunday) || (s.no_saturdays && day == Weekday::Saturday) {
-                return Err(format!("{name}: state no-call day {day:?}"));
-            }
+        if let Some(s) = state
+            && ((s.no_sundays && day == Weekday::Sunday)
+                || (s.no_saturdays && day == Weekday::Saturday))
+        {
+            return Err(format!("{name}: state no-call day {day:?}"));
         }
         if local.time() < start {
             return Err(format!("{name}: {} before {start}", local.time()));
         }
         let close = at_local(z, local.date(), end);
         if secs(t, i64::from(p.start_margin_s)) >= close {
-            return Err(format!("{name}: {} + margin not before {end}", local.time()));
+            return Err(format!(
+                "{name}: {} + margin not before {end}",
+                local.time()
+            ));
         }
     }
     let (_, z0) = zones.first();
     let d0 = t.to_zoned(z0.clone()).date();
-    let per_day = history.iter().filter(|a| a.at.to_zoned(z0.clone()).date() == d0).count();
+    let per_day = history
+        .iter()
+        .filter(|a| a.at.to_zoned(z0.clone()).date() == d0)
+        .count();
     if per_day >= usize::try_from(p.max_attempts_per_day).unwrap_or(usize::MAX) {
         return Err(format!("daily cap: {per_day}"));
     }
     if let Some(cap) = state.and_then(|s| s.max_per_24h_same_subject) {
-        let n = history.iter().filter(|a| a.subject == subject && a.at <= t && a.at > secs(t, -86_400)).count();
+        let n = history
+            .iter()
+            .filter(|a| a.subject == subject && a.at <= t && a.at > secs(t, -86_400))
+            .count();
         if n >= usize::try_from(cap).unwrap_or(usize::MAX) {
             return Err(format!("state cap: {n}"));
         }
@@ -227,8 +268,17 @@ fn allowed_by_rules(c: &Case, t: Timestamp, history: &[PastAttempt<'_>], subject
     Ok(())
 }
 
+/// 256 cases per property; `PROPTEST_CASES=N` runs more.
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() }
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
 }
 
 proptest! {

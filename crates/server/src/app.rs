@@ -359,13 +359,12 @@ pub async fn run(
             stop.clone().cancelled_owned(),
         ));
     }
-    let result = axum::serve(listener, router(state))
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             shutdown.await;
             stop.cancel();
         })
-        .await;
-    result
+        .await
 }
 
 async fn health() -> impl IntoResponse {

@@ -8,6 +8,7 @@ use voxbridge::config::Config;
 use voxbridge::{App, app, demo, loadtest};
 
 mod cli;
+mod cli_campaigns;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,6 +39,13 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Outbound campaigns and the do-not-call list, through a running server.
+    Campaigns {
+        #[command(flatten)]
+        remote: cli_campaigns::Remote,
+        #[command(subcommand)]
+        command: cli_campaigns::CampaignsCommand,
     },
     /// Create or upgrade the database schema (DATABASE_URL).
     Migrate,
@@ -165,6 +173,7 @@ fn main() -> anyhow::Result<()> {
             Command::Keys { command } => cli::keys(cli.config.as_deref(), command).await,
             Command::Calls { command } => cli::calls(cli.config.as_deref(), command).await,
             Command::Call(args) => cli::call(args).await,
+            Command::Campaigns { remote, command } => cli_campaigns::run(remote, command).await,
             Command::Loadtest {
                 in_process: _,
                 target,

@@ -758,6 +758,7 @@ async fn full_twilio_call_resource_with_unknown_fields_decodes() {
             direction: Some("outbound-api".into()),
             duration: Some("15".into()),
             answered_by: Some("human".into()),
+            date_created: Some("Tue, 14 Apr 2026 09:59:45 +0000".into()),
             start_time: Some("Tue, 14 Apr 2026 09:59:50 +0000".into()),
             end_time: Some("Tue, 14 Apr 2026 10:00:05 +0000".into()),
         }

@@ -152,3 +152,123 @@ async fn call_command_prints_status_and_transcript_until_the_end() {
     assert!(stdout.contains("caller "), "{stdout}");
     assert!(stdout.contains("status  completed"), "{stdout}");
 }
+
+/// `voxbridge campaigns create --csv … --watch` against a running server: the progress bar
+/// runs until every contact is done; then status, contacts and the do-not-call commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaigns_cli_creates_and_follows_a_campaign() {
+    use voxbridge_sim::caller::CallerStep;
+    let emu = voxbridge_sim::twilio_api::TwilioEmulatorConfig {
+        default_script: vec![CallerStep::Silence { ms: 200 }, CallerStep::Hangup],
+        ring_ms: 50,
+        ..Default::default()
+    };
+    let full = spawn_full(Backend::Sqlite, emu, &[("CAMPAIGN_POLL_MS", "100")]).await;
+    let open = crate::campaign::zone_at_local_hour(13);
+    let dir = std::env::temp_dir().join(format!("vb-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let csv = dir.join("contacts.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "phone,name,timezone,consent\n+12125550401,Ana,{open},yes\n+12125550402,Bob,{open},yes\n+12125550403,Cy,{open},no\n"
+        ),
+    )
+    .expect("csv");
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "window_start = \"09:00\"\nwindow_end = \"20:00\"\n",
+    )
+    .expect("policy");
+    let url = full.url("");
+    let run = |args: Vec<String>| {
+        let url = url.clone();
+        let key = full.api_key.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_voxbridge"))
+                .arg("campaigns")
+                .args(&args)
+                .env("VOXBRIDGE_URL", url)
+                .env("VOXBRIDGE_API_KEY", key)
+                .env_remove("VOXBRIDGE_CONFIG")
+                .output()
+                .expect("run voxbridge");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let (ok, out, err) = tokio::time::timeout(
+        Duration::from_secs(60),
+        run(vec![
+            "create".into(),
+            "--name".into(),
+            "cli".into(),
+            "--csv".into(),
+            csv.display().to_string(),
+            "--policy".into(),
+            policy.display().to_string(),
+            "--type".into(),
+            "notification".into(),
+            "--prompt".into(),
+            "Tell them the office moved.".into(),
+            "--watch".into(),
+        ]),
+    )
+    .await
+    .expect("the campaign finishes")
+    .expect("join");
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains("imported 2 of 3 contacts (1 rejected)"),
+        "{out}"
+    );
+    assert!(out.contains("MISSING_CONSENT"), "{out}");
+    assert!(out.contains("[completed]"), "{out}");
+    assert!(out.contains("2 completed"), "{out}");
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("created campaign "))
+        .expect("id")
+        .trim()
+        .to_owned();
+    let (ok, out, _) = run(vec!["contacts".into(), id.clone()])
+        .await
+        .expect("join");
+    assert!(
+        ok && out.contains("+12125550401") && out.contains("completed"),
+        "{out}"
+    );
+    let (ok, out, _) = run(vec!["list".into()]).await.expect("join");
+    assert!(ok && out.contains(&id), "{out}");
+    let (ok, _, err) = run(vec!["pause".into(), id.clone()]).await.expect("join");
+    assert!(!ok && err.contains("INVALID_TRANSITION"), "{err}");
+    let (ok, out, err) = run(vec![
+        "dnc".into(),
+        "add".into(),
+        "+12125550499".into(),
+        "--reason".into(),
+        "asked".into(),
+    ])
+    .await
+    .expect("join");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("+12125550499 is on the do-not-call list"),
+        "{out}"
+    );
+    let (ok, out, _) = run(vec!["dnc".into(), "list".into()]).await.expect("join");
+    assert!(
+        ok && out.contains("+12125550499") && out.contains("asked"),
+        "{out}"
+    );
+    let (ok, _, err) = run(vec!["dnc".into(), "remove".into(), "+12125550499".into()])
+        .await
+        .expect("join");
+    assert!(ok, "{err}");
+    assert!(!full.store.is_dnc("+12125550499").await.expect("store"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
