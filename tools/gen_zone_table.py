@@ -8,7 +8,7 @@ Usage (the version is pinned in conformance/requirements.txt):
 
 What it emits (all tables sorted, one entry per line):
 
-* ZONE_PREFIXES: E.164 digit prefix -> candidate IANA zones, i.e. libphonenumber's time-zone map
+* PREFIXES (+ the interned lists ZL): E.164 digit prefix -> candidate IANA zones, i.e. libphonenumber's time-zone map
   (`phonenumbers.tzdata.TIMEZONE_DATA`, the Python copy of resources/timezones/map_data.txt).
   Lookup is "longest prefix wins", exactly like `phonenumbers.timezone`.
 * NANP_STATES: NANP area code (NPA) -> USPS two-letter state code, for numbers whose region is
@@ -195,11 +195,11 @@ def main():
     w("// Data: libphonenumber (https://github.com/google/libphonenumber), Apache-2.0,\n")
     w("// Copyright (C) 2011-2026 The Libphonenumber Authors; via the Python port `phonenumbers`.\n")
     w("// Zone names normalised with the tz database (see the script's docstring).\n\n")
-    w(f'/// The `phonenumbers` release the tables were generated from.\n')
+    w('/// The `phonenumbers` release the tables were generated from.\n')
     w(f'pub const PHONENUMBERS_VERSION: &str = "{version}";\n\n')
-    w("/// Longest prefix (in digits) in [`ZONE_PREFIXES`].\n")
+    w("/// Longest prefix (in digits) in [`PREFIXES`].\n")
     w(f"pub(crate) const ZONE_PREFIX_MAX_LEN: usize = {TIMEZONE_LONGEST_PREFIX};\n\n")
-    w("/// Distinct candidate-zone lists; [`ZONE_PREFIXES`] points into this.\n")
+    w("/// Distinct candidate-zone lists; [`PREFIXES`] points into this.\n")
     w("static ZL: &[&[&str]] = &[\n")
     for zs in lists:
         w(f"    {rs_str_list(zs)},\n")

@@ -37,6 +37,35 @@
 //! [`check`] answers `Allowed`, `Defer { until }` with the earliest instant at which it would answer
 //! `Allowed` (searched up to [`HORIZON_DAYS`] ahead), or `Refuse`. [`next_retry`] picks the next
 //! [`Policy::retry_times`] slot that `check` allows, or gives up.
+//!
+//! # Example
+//!
+//! ```
+//! use voxbridge_compliance::{Callee, Decision, Outcome, Policy, Retry, Timestamp, check, next_retry};
+//!
+//! let policy = Policy::default(); // 09:00–21:00 callee-local, 3 calls/day, retries 10/14/18 h
+//! let callee = Callee { number: "+13055550100", timezone: None, consent: true, do_not_call: false };
+//! let now: Timestamp = "2026-06-10T11:12:00Z".parse()?; // 07:12 in Miami
+//! match check(now, &callee, &[], "campaign-42", &policy) {
+//!     Decision::Defer { until, reason } => {
+//!         assert_eq!(until.to_string(), "2026-06-10T13:00:00Z"); // 09:00 EDT
+//!         assert_eq!(reason.code(), "OUTSIDE_WINDOW");
+//!         assert_eq!(
+//!             reason.to_string(),
+//!             "outside the calling window: 07:12 on Wednesday 2026-06-10 in America/New_York, \
+//!              window 09:00–20:00 (FL rule)"
+//!         );
+//!     }
+//!     other => panic!("{other:?}"),
+//! }
+//! // The 09:00 call was not answered: next slot is 10:00 local.
+//! let placed: Timestamp = "2026-06-10T13:00:00Z".parse()?;
+//! let ended: Timestamp = "2026-06-10T13:01:00Z".parse()?;
+//! let history = [voxbridge_compliance::PastAttempt { at: placed, subject: "campaign-42", outcome: Some(Outcome::NoAnswer) }];
+//! let retry = next_retry(ended, Outcome::NoAnswer, placed, 1, &callee, &history, "campaign-42", &policy);
+//! assert_eq!(retry, Retry::At { at: "2026-06-10T14:00:00Z".parse()? });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod policy;
 mod states;
@@ -443,6 +472,11 @@ fn prepare<'p>(callee: &Callee<'_>, policy: &'p Policy) -> Result<Rules<'p>, Ref
     if policy.require_consent && !callee.consent {
         return Err(RefuseReason::NoConsent);
     }
+    let state = if policy.apply_state_rules {
+        zones::state_of_digits(&parsed.digits).and_then(state_rule)
+    } else {
+        None
+    };
     let zones =
         zones::resolve_with(callee.number, callee.timezone, Some(parsed)).map_err(|e| match e {
             ZoneError::InvalidTimeZone { name } => RefuseReason::InvalidTimeZone { name },
@@ -524,23 +558,28 @@ impl Rules<'_> {
     fn spans(&self, lo: Timestamp, hi: Timestamp) -> Vec<Span> {
         let mut acc: Option<Vec<Span>> = None;
         for tz in self.zones.time_zones() {
-            let mut mine = Vec::new();
-            let first = tz.to_datetime(lo).date().yesterday().unwrap_or(Date::MIN);
-            let last = tz.to_datetime(hi).date().tomorrow().unwrap_or(Date::MAX);
-            let mut d = first;
-            while d <= last {
-                mine.extend(self.day_span(tz, d));
-                match d.tomorrow() {
-                    Ok(n) => d = n,
-                    Err(_) => break,
-                }
-            }
+            let mine = self.zone_spans(tz, lo, hi);
             acc = Some(match acc {
                 None => mine,
                 Some(prev) => intersect(&prev, &mine),
             });
         }
         acc.unwrap_or_default()
+    }
+
+    /// Callable spans in one zone, covering local dates around `[lo, hi]`.
+    fn zone_spans(&self, tz: &TimeZone, lo: Timestamp, hi: Timestamp) -> Vec<Span> {
+        let mut out = Vec::new();
+        let mut d = tz.to_datetime(lo).date().yesterday().unwrap_or(Date::MIN);
+        let last = tz.to_datetime(hi).date().tomorrow().unwrap_or(Date::MAX);
+        while d <= last {
+            out.extend(self.day_span(tz, d));
+            match d.tomorrow() {
+                Ok(n) => d = n,
+                Err(_) => break,
+            }
+        }
+        out
     }
 }
 
@@ -749,8 +788,16 @@ pub fn check(
     };
     let limit = add_secs(now, HORIZON_DAYS * DAY_S);
     let engine = Engine::new(&rules, history, subject, now, limit);
-    if !engine.spans.iter().any(|s| s.end > now && s.start < limit) {
-        let reason = if rules.zones.is_ambiguous() {
+    let open = |spans: &[Span]| spans.iter().any(|s| s.end > now && s.start < limit);
+    if !open(&engine.spans) {
+        // Ambiguous zones that each have windows but share none: the location is the problem.
+        let zones_disagree = rules.zones.is_ambiguous()
+            && rules
+                .zones
+                .time_zones()
+                .iter()
+                .all(|tz| open(&rules.zone_spans(tz, now, limit)));
+        let reason = if zones_disagree {
             RefuseReason::UnknownTimeZone {
                 number: rules.number.clone(),
                 candidates: rules.zones.names().to_vec(),

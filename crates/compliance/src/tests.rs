@@ -62,6 +62,8 @@ fn miami_is_new_york_time_and_florida() {
     assert!(!z.is_ambiguous());
     assert_eq!(us_state(MIAMI), Some("FL"));
     assert_eq!(us_state("+1 (305) 555-0100"), Some("FL"));
+    assert_eq!(us_state("+1 305 555 0100 ext. 12"), Some("FL"));
+    assert_eq!(us_state("13055550100"), None);
 }
 
 #[test]

@@ -7,10 +7,10 @@
 /// The `phonenumbers` release the tables were generated from.
 pub const PHONENUMBERS_VERSION: &str = "9.0.43";
 
-/// Longest prefix (in digits) in [`ZONE_PREFIXES`].
+/// Longest prefix (in digits) in [`PREFIXES`].
 pub(crate) const ZONE_PREFIX_MAX_LEN: usize = 9;
 
-/// Distinct candidate-zone lists; [`ZONE_PREFIXES`] points into this.
+/// Distinct candidate-zone lists; [`PREFIXES`] points into this.
 static ZL: &[&[&str]] = &[
     &["Africa/Abidjan"],
     &["Africa/Accra"],

@@ -695,6 +695,23 @@ impl Store {
         )
     }
 
+    /// Appends a line to a contact's log.
+    pub async fn log_contact(
+        &self,
+        contact_id: &str,
+        kind: &str,
+        code: Option<&str>,
+        message: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            log_row!(tx, contact_id, kind, code, message, at_ms);
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     /// A contact's attempts, by `seq`.
     pub async fn contact_attempts(
         &self,

@@ -169,10 +169,12 @@ fn certainly_not_created(e: &TwilioError) -> bool {
     }
 }
 
-/// How long a placed call is left to its status callbacks before the reconciler asks Twilio.
+/// How long a placed call is left to its status callbacks before the reconciler asks Twilio:
+/// the longest it can ring and last, plus one lease.
 fn call_lease_ms(state: &AppState) -> i64 {
     let c = &state.config;
-    (i64::from(c.ring_timeout_s) + i64::from(c.max_call_duration_s) + 120) * 1000
+    (i64::from(c.ring_timeout_s) + i64::from(c.max_call_duration_s)) * 1000
+        + c.campaign_lease_ms as i64
 }
 
 /// Finishes an attempt with `outcome` and schedules the contact (retry or final), then runs
@@ -312,6 +314,18 @@ async fn reconcile_in_doubt(
     match found {
         Some(call) => {
             info!(call_sid = %call.sid, "in-doubt attempt: Twilio has the call");
+            store
+                .log_contact(
+                    &a.contact_id,
+                    "reconciled",
+                    Some("FOUND_AT_TWILIO"),
+                    &format!(
+                        "in doubt after a lost answer or a restart: Twilio has call {}",
+                        call.sid
+                    ),
+                    now(),
+                )
+                .await?;
             store
                 .attempt_placed(&a.id, &call.sid, now() + call_lease_ms(state), now())
                 .await?;

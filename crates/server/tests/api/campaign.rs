@@ -36,6 +36,7 @@ const LISTED: &str = "+12125550104";
 const NO_CONSENT: &str = "+12125550105";
 const LOST: &str = "+12125550106";
 const FAILS: &str = "+12125550107";
+const UNAVAILABLE: &str = "+12125550108";
 
 fn posts_to(full: &FullApp, number: &str) -> usize {
     full.twilio
@@ -74,7 +75,18 @@ async fn campaign_follows_the_rules(backend: Backend) {
             (LOST.into(), Outcome::NoAnswer),
             (FAILS.into(), Outcome::Fail),
         ],
-        create_faults: vec![CreateFaultRule::once(LOST, CreateFault::LoseResponse)],
+        create_faults: vec![
+            CreateFaultRule::once(LOST, CreateFault::LoseResponse),
+            // 503 three times: the client's retries are used up and the answer is ambiguous.
+            CreateFaultRule::times(
+                UNAVAILABLE,
+                CreateFault::Reject {
+                    status: 503,
+                    code: 20503,
+                },
+                3,
+            ),
+        ],
         ..TwilioEmulatorConfig::default()
     };
     let full = spawn_full(
@@ -100,6 +112,7 @@ async fn campaign_follows_the_rules(backend: Backend) {
          {NO_CONSENT},Eve,{open},no,\n\
          {LOST},Fay,{open},yes,\n\
          {FAILS},Gus,{open},yes,\n\
+         {UNAVAILABLE},Ida,{open},yes,\n\
          not-a-number,Hal,{open},yes,\n\
          {ANSWER},Ana again,{open},yes,\n"
     );
@@ -115,8 +128,8 @@ async fn campaign_follows_the_rules(backend: Backend) {
     let created: Value = r.json().await.expect("json");
     let id = created["campaign"]["id"].as_str().expect("id").to_owned();
     let report = &created["import"];
-    assert_eq!(report["received"], 9);
-    assert_eq!(report["accepted"], 6);
+    assert_eq!(report["received"], 10);
+    assert_eq!(report["accepted"], 7);
     let codes: Vec<(i64, &str)> = report["errors"]
         .as_array()
         .expect("errors")
@@ -132,8 +145,8 @@ async fn campaign_follows_the_rules(backend: Backend) {
         codes,
         vec![
             (6, "MISSING_CONSENT"),
-            (9, "INVALID_PHONE"),
-            (10, "DUPLICATE")
+            (10, "INVALID_PHONE"),
+            (11, "DUPLICATE")
         ]
     );
 
@@ -145,7 +158,7 @@ async fn campaign_follows_the_rules(backend: Backend) {
                 let s = c["state"].as_str().unwrap_or("");
                 s != "pending" && s != "dialing" && s != "in_call"
             });
-            if settled && list.len() == 6 {
+            if settled && list.len() == 7 {
                 return list;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -235,8 +248,39 @@ async fn campaign_follows_the_rules(backend: Backend) {
             .as_array()
             .expect("log")
             .iter()
-            .any(|l| l["kind"] == "placed"),
+            .any(|l| l["kind"] == "reconciled" && l["code"] == "FOUND_AT_TWILIO"),
         "{detail:#}"
+    );
+
+    // Twilio unavailable (503 after retries): in doubt; the reconciler finds no call, the
+    // attempt is closed as not placed, and only then is the contact dialed again.
+    let c = by_phone(&list, UNAVAILABLE);
+    assert_eq!(c["state"], "completed", "{c:#}");
+    assert_eq!(
+        posts_to(&full, UNAVAILABLE),
+        4,
+        "3 refused requests, then the redial"
+    );
+    assert_eq!(emulated.iter().filter(|e| e.to == UNAVAILABLE).count(), 1);
+    let detail: Value = full
+        .get(&format!(
+            "/v1/campaigns/{id}/contacts/{}",
+            c["id"].as_str().unwrap_or("")
+        ))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let states: Vec<&str> = detail["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| a["state"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(states, vec!["not_placed", "done"], "{detail:#}");
+    assert_eq!(
+        detail["contact"]["attempts"], 1,
+        "a call never placed is not an attempt"
     );
 
     // Every number was dialed at most once (one attempt each so far).
@@ -250,7 +294,7 @@ async fn campaign_follows_the_rules(backend: Backend) {
         .await
         .expect("json");
     assert_eq!(status["status"], "active");
-    assert_eq!(status["counts"]["completed"], 1);
+    assert_eq!(status["counts"]["completed"], 2);
     assert_eq!(status["counts"]["deferred"], 4);
     assert_eq!(status["counts"]["opted_out"], 1);
     assert!(status["eta"].is_string(), "{status:#}");

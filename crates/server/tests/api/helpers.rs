@@ -335,3 +335,40 @@ pub fn callee_script() -> Vec<CallerStep> {
         CallerStep::Hangup,
     ]
 }
+
+/// A Twilio emulator serving the account the full apps use (`ACCOUNT_SID_FULL`,
+/// webhooks signed with `AUTH_TOKEN`).
+pub async fn start_twilio(
+    emu: voxbridge_sim::twilio_api::TwilioEmulatorConfig,
+) -> voxbridge_sim::twilio_api::TwilioEmulator {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let emu = voxbridge_sim::twilio_api::TwilioEmulatorConfig {
+        account_sid: ACCOUNT_SID_FULL.into(),
+        auth_token: AUTH_TOKEN.into(),
+        ..emu
+    };
+    voxbridge_sim::twilio_api::TwilioEmulator::start(emu)
+        .await
+        .expect("twilio emulator")
+}
+
+/// One node of a cluster: a server on the database `db` with its own pool, port
+/// and `PUBLIC_URL`, the model simulator `sim`, and the Twilio REST client pointed
+/// at `twilio` (started with [`start_twilio`]). `env` overrides settings (e.g.
+/// `NODE_ID`, `CAMPAIGN_*`). Start several on one PostgreSQL for a cluster.
+pub async fn spawn_node(
+    db: &str,
+    twilio: &voxbridge_sim::twilio_api::TwilioEmulator,
+    sim: RealtimeSim,
+    env: &[(&str, &str)],
+) -> TestApp {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let store = voxbridge_store::Store::connect(db).await.expect("store");
+    let extra = vec![
+        ("TWILIO_ACCOUNT_SID".to_owned(), ACCOUNT_SID_FULL.to_owned()),
+        ("TWILIO_PHONE_NUMBER".to_owned(), FROM_NUMBER.to_owned()),
+        ("TWILIO_API_BASE".to_owned(), twilio.base_url()),
+        ("DATABASE_URL".to_owned(), db.to_owned()),
+    ];
+    start_server(sim, extra, env, Some(store)).await
+}
