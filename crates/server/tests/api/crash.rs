@@ -190,10 +190,11 @@ async fn crash_and_restart(backend: Backend) {
     // Every create-call request the emulator saw, by number; every call it placed, by SID.
     let mut posts: HashMap<String, usize> = HashMap::new();
     for r in twilio.requests() {
-        if r.method == "POST" && r.path.ends_with("/Calls.json") {
-            if let Some((_, to)) = r.form.iter().find(|(k, _)| k == "To") {
-                *posts.entry(to.clone()).or_default() += 1;
-            }
+        if r.method == "POST"
+            && r.path.ends_with("/Calls.json")
+            && let Some((_, to)) = r.form.iter().find(|(k, _)| k == "To")
+        {
+            *posts.entry(to.clone()).or_default() += 1;
         }
     }
     let placed: HashMap<String, String> = twilio

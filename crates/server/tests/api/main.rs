@@ -9,5 +9,5 @@ mod crash;
 mod helpers;
 mod loadtest;
 mod rest;
-mod two_nodes;
 mod robustness;
+mod two_nodes;
