@@ -25,7 +25,31 @@ pub enum ConnectError {
 
 /// `{base}?model={model}` (or `&model=` when the base has a query).
 pub fn realtime_url(base: &str, model: &str) -> Result<url::Url, ConnectError> {
-    let mut url = url::Url::parse(base).map_err(|e| ConnectError::Url {
+    let mut url = ws_base(base)?;
+    url.query_pairs_mut().append_pair("model", model);
+    Ok(url)
+}
+
+/// `{base}?call_id={call_id}` (or `&call_id=`): the sideband socket of a
+/// SIP call accepted through the Calls API. No `model`: it was set at accept.
+pub fn sideband_url(base: &str, call_id: &str) -> Result<url::Url, ConnectError> {
+    if call_id.is_empty()
+        || !call_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(ConnectError::Url {
+            url: base.to_owned(),
+            reason: format!("call id {call_id:?} is not [A-Za-z0-9_-]+"),
+        });
+    }
+    let mut url = ws_base(base)?;
+    url.query_pairs_mut().append_pair("call_id", call_id);
+    Ok(url)
+}
+
+fn ws_base(base: &str) -> Result<url::Url, ConnectError> {
+    let url = url::Url::parse(base).map_err(|e| ConnectError::Url {
         url: base.to_owned(),
         reason: e.to_string(),
     })?;
@@ -35,7 +59,6 @@ pub fn realtime_url(base: &str, model: &str) -> Result<url::Url, ConnectError> {
             reason: "scheme must be ws or wss".into(),
         });
     }
-    url.query_pairs_mut().append_pair("model", model);
     Ok(url)
 }
 
@@ -47,7 +70,23 @@ pub async fn connect(
     model: &str,
     api_key: &str,
 ) -> Result<RealtimeSocket, ConnectError> {
-    let url = realtime_url(base, model)?;
+    open(realtime_url(base, model)?, api_key).await
+}
+
+/// Attach to the sideband socket of an accepted SIP call
+/// (`wss://api.openai.com/v1/realtime?call_id=…`), with the same
+/// authentication as [`connect`]. The socket carries events only (no audio:
+/// that flows over SIP), e.g. `response.create` for the greeting, function
+/// calls, transcripts and `input_audio_buffer.dtmf_event_received`.
+pub async fn connect_sideband(
+    base: &str,
+    call_id: &str,
+    api_key: &str,
+) -> Result<RealtimeSocket, ConnectError> {
+    open(sideband_url(base, call_id)?, api_key).await
+}
+
+async fn open(url: url::Url, api_key: &str) -> Result<RealtimeSocket, ConnectError> {
     let url_str = url.to_string();
     let mut request = url_str
         .as_str()
@@ -56,8 +95,9 @@ pub async fn connect(
             url: url_str.clone(),
             reason: e.to_string(),
         })?;
-    let auth =
+    let mut auth =
         HeaderValue::from_str(&format!("Bearer {api_key}")).map_err(|_| ConnectError::ApiKey)?;
+    auth.set_sensitive(true);
     request.headers_mut().insert("Authorization", auth);
     // The read buffer is reserved and zero-filled up front (128 KiB by
     // default); audio deltas are a few KiB and the buffer grows when needed.
@@ -89,5 +129,19 @@ mod tests {
         );
         assert!(realtime_url("https://api.openai.com/v1/realtime", "m").is_err());
         assert!(realtime_url("not a url", "m").is_err());
+    }
+
+    #[test]
+    fn sideband_url_carries_the_call_id() {
+        let u = sideband_url("wss://api.openai.com/v1/realtime", "rtc_u1_9c65").expect("url");
+        assert_eq!(
+            u.as_str(),
+            "wss://api.openai.com/v1/realtime?call_id=rtc_u1_9c65"
+        );
+        let u = sideband_url("ws://127.0.0.1:9/v1/realtime?x=1", "rtc_1").expect("url");
+        assert_eq!(u.as_str(), "ws://127.0.0.1:9/v1/realtime?x=1&call_id=rtc_1");
+        assert!(sideband_url("https://api.openai.com/v1/realtime", "rtc_1").is_err());
+        assert!(sideband_url("wss://api.openai.com/v1/realtime", "").is_err());
+        assert!(sideband_url("wss://api.openai.com/v1/realtime", "a&model=x").is_err());
     }
 }

@@ -8,13 +8,24 @@
 //! - [`client`]: client events, written without a `Value` round trip;
 //! - [`server`]: server events parsed in one pass into [`server::ServerEvent`],
 //!   borrowing the audio delta, with an explicit `Other` for everything else;
-//! - [`connect`]: opening the WebSocket with the right URL and headers.
+//! - [`connect`]: opening the WebSocket with the right URL and headers
+//!   (a model session, or the sideband socket of a SIP call);
+//! - [`calls`]: the Realtime Calls API (accept / reject / refer / hangup a
+//!   call that reached OpenAI's SIP connector);
+//! - [`webhooks`]: Standard Webhooks verification of OpenAI webhooks and the
+//!   `realtime.call.incoming` event.
 
+pub mod calls;
 pub mod client;
 pub mod connect;
 pub mod server;
 pub mod session;
+pub mod webhooks;
 
-pub use connect::{ConnectError, RealtimeSocket, connect, realtime_url};
+pub use calls::{AcceptSession, CallsClient, CallsError, FunctionTool, ToolChoice};
+pub use connect::{
+    ConnectError, RealtimeSocket, connect, connect_sideband, realtime_url, sideband_url,
+};
 pub use server::ServerEvent;
 pub use session::SessionConfig;
+pub use webhooks::{IncomingCall, SipHeader, WebhookError, WebhookEvent, WebhookVerifier};

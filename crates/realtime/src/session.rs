@@ -121,6 +121,9 @@ pub struct SessionConfig {
     pub instructions: String,
     pub output_modalities: Vec<String>,
     pub audio: AudioConfig,
+    /// Function tools the model may call (omitted when empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<crate::calls::FunctionTool>,
 }
 
 impl SessionConfig {
@@ -150,7 +153,14 @@ impl SessionConfig {
                     voice: voice.into(),
                 },
             },
+            tools: Vec::new(),
         }
+    }
+
+    /// The same session with these function tools.
+    pub fn with_tools(mut self, tools: Vec<crate::calls::FunctionTool>) -> Self {
+        self.tools = tools;
+        self
     }
 }
 

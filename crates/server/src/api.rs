@@ -376,6 +376,14 @@ pub async fn create_call(
             ),
         ));
     };
+    // The agent's templates must render for this task before we dial.
+    if let Err(e) = crate::agents::check_task(&agent, req.task.as_ref()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_TASK",
+            e.to_string(),
+        ));
+    }
     if let Some(v) = &req.voice
         && !voxbridge_realtime::session::VOICES.contains(&v.as_str())
     {

@@ -1,7 +1,7 @@
 //! The HTTP application: `/health`, the Twilio voice webhook and the
 //! Twilio media WebSocket.
 
-use crate::agents::{Agent, Agents, Task, render_instructions};
+use crate::agents::{Agent, AgentRegistry, RenderError, Task};
 use crate::api;
 use crate::campaign;
 use crate::config::Config;
@@ -50,8 +50,8 @@ pub struct App {
     pub store: Option<voxbridge_store::Store>,
     /// Twilio REST client, when credentials are configured.
     pub twilio: Option<TwilioClient>,
-    /// Agents by name and by number.
-    pub agents: Agents,
+    /// Agents by name and by number; re-read when their profile files change.
+    pub agents: Arc<AgentRegistry>,
     /// Requests per minute per API key.
     pub limiter: governor::DefaultKeyedRateLimiter<String>,
     /// Secret behind the per-call stream tokens.
@@ -69,6 +69,14 @@ pub struct App {
     pub node_id: String,
     /// Wakes the campaign worker early (a campaign was created or resumed, a call ended).
     pub campaign_wake: tokio::sync::Notify,
+    /// OpenAI webhook ids and SIP call ids already handled (redeliveries are acknowledged,
+    /// not acted on twice).
+    pub sip_seen: crate::sip::Seen,
+    /// HTTP client of the agents' HTTP tools (connection pool shared by all calls).
+    pub http: reqwest::Client,
+    /// Running Media Streams sessions by call id, for news from other requests (e.g.
+    /// Twilio's asynchronous answering-machine verdict).
+    pub live: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<session::Signal>>>,
     /// Live events to and from the other nodes on the same PostgreSQL
     /// (`None` on SQLite or without a store). Dropping the app stops its tasks.
     pub cluster: Option<crate::cluster::Cluster>,
@@ -150,7 +158,7 @@ impl App {
                 .unwrap_or(std::num::NonZeroU32::MIN),
         );
         AppState(Arc::new(App {
-            agents: Agents::from_config(&config),
+            agents: Arc::new(AgentRegistry::new(&config)),
             config,
             hub,
             store,
@@ -162,6 +170,12 @@ impl App {
             active_calls: AtomicUsize::new(0),
             node_id,
             campaign_wake: tokio::sync::Notify::new(),
+            sip_seen: crate::sip::Seen::default(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            live: Mutex::new(HashMap::new()),
             cluster,
         }))
     }
@@ -175,6 +189,16 @@ impl App {
                 "this server runs without a database",
             )
         })
+    }
+
+    /// A SIP connector call started (counts toward `MAX_CALLS`).
+    pub fn sip_call_started(&self) {
+        self.active_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A SIP connector call ended.
+    pub fn sip_call_ended(&self) {
+        self.active_calls.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Calls in progress on this node.
@@ -235,37 +259,43 @@ fn twilio_client(config: &Config) -> Option<TwilioClient> {
     }
 }
 
-/// The settings of one call: agent, task and overrides.
+/// The settings of one call: agent, task and overrides. The agent's
+/// templates are rendered here: a template that does not render for this
+/// task (a missing context key) is an error, never broken instructions.
 pub fn settings_for(
     config: &Config,
     agent: &Agent,
     task: Option<&Task>,
     voice: Option<&str>,
     model: Option<&str>,
-) -> CallSettings {
-    let turn = config.turn_detection();
-    CallSettings {
+) -> Result<CallSettings, RenderError> {
+    let texts = crate::agents::call_texts(agent, task, config.agent_speaks_first)?;
+    let turn = agent.turn_detection.clone();
+    Ok(CallSettings {
         session: SessionConfig::phone(
             model.unwrap_or(&agent.model),
-            render_instructions(agent, task),
+            texts.instructions,
             voice.unwrap_or(&agent.voice),
             turn.clone(),
-            config.transcription(),
+            agent.transcription.clone(),
             config.noise_reduction(),
         ),
         turn_detection: turn,
-        greeting: config.agent_speaks_first.then(|| agent.greeting.clone()),
+        greeting: texts.greeting,
         greeting_protected: config.greeting_uninterruptible,
         pacer: PacerConfig {
             lead: Duration::from_millis(config.pacing_lead_ms),
             mark_interval_ms: config.mark_interval_ms,
         },
         input_buffer_ms: config.input_buffer_ms,
-    }
+    })
 }
 
 /// The settings of a stored call (outbound: its agent and task).
-fn settings_for_record(state: &App, call: &voxbridge_store::CallRecord) -> CallSettings {
+fn settings_for_record(
+    state: &App,
+    call: &voxbridge_store::CallRecord,
+) -> Result<CallSettings, RenderError> {
     let agent = state
         .agents
         .get(&call.agent)
@@ -274,10 +304,20 @@ fn settings_for_record(state: &App, call: &voxbridge_store::CallRecord) -> CallS
     let task: Option<Task> = serde_json::from_value(extra["task"].clone()).ok();
     settings_for(
         &state.config,
-        agent,
+        &agent,
         task.as_ref(),
         extra["voice"].as_str(),
         extra["model"].as_str(),
+    )
+}
+
+/// A call whose agent templates do not render: refused, with the reason.
+fn render_failed(call_id: &str, e: &RenderError) -> ApiError {
+    warn!(%call_id, error = %e, "call refused: its agent's templates do not render");
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "AGENT_TEMPLATE_ERROR",
+        e.to_string(),
     )
 }
 
@@ -324,6 +364,7 @@ pub fn router(state: AppState) -> Router {
         .route("/twilio/media", get(media_socket))
         .route("/twilio/status", post(twilio_status))
         .route("/twilio/recording", post(twilio_recording))
+        .route("/openai/webhook", post(crate::sip::webhook))
         .merge(v1)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -352,7 +393,18 @@ pub async fn run(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
+    if let Some(e) = state.agents.startup_error() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "agent profiles in {} do not load:\n{e}",
+                state.agents.dir().display()
+            ),
+        ));
+    }
     let stop = tokio_util::sync::CancellationToken::new();
+    // Agent profiles: re-read when their files change, and on SIGHUP.
+    tokio::spawn(state.agents.clone().watch(stop.clone()));
     if state.config.campaign_worker {
         tokio::spawn(crate::campaign::worker::run(
             state.clone(),
@@ -440,7 +492,8 @@ async fn voice(
             if call.twilio_call_sid.is_none() && !param("CallSid").is_empty() {
                 store.set_twilio_sid(id, &param("CallSid")).await?;
             }
-            (id.clone(), Arc::new(settings_for_record(&state, &call)))
+            let settings = settings_for_record(&state, &call).map_err(|e| render_failed(id, &e))?;
+            (id.clone(), Arc::new(settings))
         }
         _ => {
             let id = uuid::Uuid::now_v7().to_string();
@@ -466,10 +519,9 @@ async fn voice(
                     store.set_twilio_sid(&id, &param("CallSid")).await?;
                 }
             }
-            (
-                id,
-                Arc::new(settings_for(&state.config, agent, None, None, None)),
-            )
+            let settings = settings_for(&state.config, &agent, None, None, None)
+                .map_err(|e| render_failed(&id, &e))?;
+            (id, Arc::new(settings))
         }
     };
     let stream_token = token::stream_token(&state.stream_secret, &call_id, token::now_ms());
@@ -616,49 +668,63 @@ pub async fn handle_media(state: AppState, mut twilio: Link) {
         warn!(format = ?start.media_format, "unexpected Twilio media format");
     }
     let claimed = state.preconnected().remove(&call_id);
-    let (model, settings): (ModelFuture, Arc<CallSettings>) =
-        match (claimed, state.config.openai_api_key.clone()) {
-            (Some(p), _) => (
-                Box::pin(async move {
-                    p.model
-                        .await
-                        .unwrap_or_else(|_| Err("pre-connect task ended".into()))
-                }),
-                p.settings,
-            ),
-            (None, Some(key)) => {
-                // The socket landed on a node that did not answer the
-                // webhook, or the pre-connect expired: connect afresh.
-                let stored = match &state.store {
-                    Some(store) => store.get_call(&call_id).await.ok().flatten(),
-                    None => None,
-                };
-                let settings = Arc::new(match &stored {
-                    Some(call) => settings_for_record(&state, call),
-                    None => {
-                        let agent = state.agents.for_number("");
-                        settings_for(&state.config, agent, None, None, None)
-                    }
-                });
-                state.active_calls.fetch_add(1, Ordering::Relaxed);
-                (
-                    open_model(
-                        state.config.openai_realtime_url.clone(),
-                        settings.session.model.clone(),
-                        key,
-                        settings.clone(),
-                    ),
-                    settings,
-                )
-            }
-            (None, None) => {
-                let _ = twilio
-                    .tx
-                    .send(WsOut::Close(CLOSE_POLICY, "model not configured".into()))
-                    .await;
-                return;
-            }
-        };
+    let (model, settings): (ModelFuture, Arc<CallSettings>) = match (
+        claimed,
+        state.config.openai_api_key.clone(),
+    ) {
+        (Some(p), _) => (
+            Box::pin(async move {
+                p.model
+                    .await
+                    .unwrap_or_else(|_| Err("pre-connect task ended".into()))
+            }),
+            p.settings,
+        ),
+        (None, Some(key)) => {
+            // The socket landed on a node that did not answer the
+            // webhook, or the pre-connect expired: connect afresh.
+            let stored = match &state.store {
+                Some(store) => store.get_call(&call_id).await.ok().flatten(),
+                None => None,
+            };
+            let settings = match &stored {
+                Some(call) => settings_for_record(&state, call),
+                None => {
+                    let agent = state.agents.for_number("");
+                    settings_for(&state.config, &agent, None, None, None)
+                }
+            };
+            let settings = match settings {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    warn!(%call_id, error = %e, "media stream refused: agent templates do not render");
+                    let _ = twilio
+                        .tx
+                        .send(WsOut::Close(CLOSE_POLICY, "agent template error".into()))
+                        .await;
+                    return;
+                }
+            };
+            state.active_calls.fetch_add(1, Ordering::Relaxed);
+            (
+                open_model(
+                    state.config.openai_realtime_url.clone(),
+                    settings.session.model.clone(),
+                    key,
+                    settings.clone(),
+                ),
+                settings,
+            )
+        }
+        (None, None) => {
+            let _ = twilio
+                .tx
+                .send(WsOut::Close(CLOSE_POLICY, "model not configured".into()))
+                .await;
+            return;
+        }
+    };
+    let ctx = call_context(&state, &call_id, &start).await;
     let summary = session::run(
         call_id.clone(),
         start,
@@ -666,11 +732,69 @@ pub async fn handle_media(state: AppState, mut twilio: Link) {
         model,
         settings,
         state.hub.clone(),
+        ctx,
     )
     .await;
+    state
+        .live
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&call_id);
     state.active_calls.fetch_sub(1, Ordering::Relaxed);
     info!(%call_id, reason = ?summary.end_reason, frames_in = summary.frames_in,
           frames_out = summary.frames_out, barge_ins = summary.barge_ins, "call finished");
+}
+
+/// The tools, call control and signals of a Media Streams call.
+async fn call_context(state: &AppState, call_id: &str, start: &Start) -> session::CallContext {
+    let stored = match &state.store {
+        Some(store) => store.get_call(call_id).await.ok().flatten(),
+        None => None,
+    };
+    let outbound = stored.as_ref().is_some_and(|c| c.direction == "outbound");
+    let agent = match &stored {
+        Some(c) => state
+            .agents
+            .get(&c.agent)
+            .unwrap_or_else(|| state.agents.for_number(&c.to_number)),
+        None => state.agents.for_number(""),
+    };
+    let peer_number = stored.as_ref().map(|c| {
+        if outbound {
+            c.to_number.clone()
+        } else {
+            c.from_number.clone()
+        }
+    });
+    let control: Option<Arc<dyn session::CallControl>> = state.twilio.clone().map(|client| {
+        let caller_id = state
+            .config
+            .twilio_phone_number
+            .clone()
+            .or_else(|| stored.as_ref().map(|c| c.from_number.clone()));
+        crate::control::TwilioControl::new(
+            client,
+            start.call_sid.clone(),
+            caller_id,
+            call_id.to_owned(),
+        ) as Arc<dyn session::CallControl>
+    });
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    state
+        .live
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(call_id.to_owned(), tx);
+    let wait = state.config.outbound_greeting_wait_ms;
+    session::CallContext {
+        tools: Arc::new(crate::tools::for_agent(&agent)),
+        control,
+        signals: Some(rx),
+        http: Some(state.http.clone()),
+        greeting_wait: (outbound && wait > 0).then(|| Duration::from_millis(wait)),
+        peer_number,
+        transport: session::Transport::MediaStreams,
+    }
 }
 
 /// Read frames until `start`. Media before start has no stream to belong
@@ -779,6 +903,15 @@ async fn twilio_status(
     let now = token::now_ms() as i64;
     if let Some(answered_by) = form_value(&params, "AnsweredBy") {
         store.set_answered_by(&call.id, answered_by).await?;
+        // Tell the live session (the greeting waits for this; a machine gets voicemail).
+        if let Some(tx) = state
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&call.id)
+        {
+            let _ = tx.send(session::Signal::AnsweredBy(answered_by.to_owned()));
+        }
         state.hub.publish(
             &call.id,
             CallEventKind::Status {

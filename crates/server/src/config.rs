@@ -100,6 +100,19 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     /// Largest REST request body in bytes (`MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
+    /// OpenAI REST base, for the Realtime Calls API (`OPENAI_API_BASE`).
+    pub openai_api_base: String,
+    /// `whsec_…` secret of OpenAI's webhooks (`OPENAI_WEBHOOK_SECRET`); the SIP connector
+    /// path (`/openai/webhook`) is off without it.
+    pub openai_webhook_secret: Option<String>,
+    /// SIP connector calls are taken only within these hours, `HH:MM-HH:MM`
+    /// (`INBOUND_HOURS`); others are rejected. Unset: always.
+    pub inbound_hours: Option<String>,
+    /// Time zone of `INBOUND_HOURS` (`INBOUND_TIMEZONE`).
+    pub inbound_timezone: String,
+    /// Outbound calls: the greeting waits this long for a person (machine detection's
+    /// verdict, or the callee speaking) before it plays (`OUTBOUND_GREETING_WAIT_MS`; 0 = no wait).
+    pub outbound_greeting_wait_ms: u64,
     /// Run the campaign worker on this node (`CAMPAIGN_WORKER`).
     pub campaign_worker: bool,
     /// Campaign calls this node has live at most, all campaigns together
@@ -116,24 +129,139 @@ pub struct Config {
     /// Named agents (`[[agents]]` in the file); a `default` one is always
     /// derived from INSTRUCTIONS / VOICE / GREETING when not given.
     pub agents: Vec<AgentConfig>,
+    /// Agent profile files: `*.toml`, `*.yaml`, `*.yml` (`AGENTS_DIR`,
+    /// default `agents` in the working directory; a missing directory
+    /// means no file agents). Re-read when they change and on SIGHUP.
+    pub agents_dir: std::path::PathBuf,
+    /// The directory of the configuration file (knowledge files of
+    /// `[[agents]]` are relative to it); not a setting.
+    #[serde(skip)]
+    pub config_dir: Option<std::path::PathBuf>,
 }
 
-/// One agent: how it talks, and which numbers it answers.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+/// One agent profile: a `[[agents]]` table here, or a file in `AGENTS_DIR`
+/// (`agents/*.toml`, `agents/*.yaml`). Every field is optional but `name`
+/// (which a file defaults to its stem); [`crate::agents`] resolves and
+/// validates it, naming the file and the field in every error.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
+    /// Unique name (a file: its stem when not given).
     pub name: String,
-    #[serde(default)]
+    /// What the agent is for (shown by `voxbridge agents list`).
+    pub description: Option<String>,
+    /// `appointment_reminder`, `survey`, `notification`, `transit_booking`
+    /// or `custom` (the default).
+    pub task_type: Option<String>,
+    /// The instructions template; default: the task type's built-in one.
     pub instructions: Option<String>,
-    #[serde(default)]
-    pub voice: Option<String>,
-    #[serde(default)]
-    pub model: Option<String>,
-    #[serde(default)]
+    /// What the agent's first response does (a template); default: GREETING.
     pub greeting: Option<String>,
+    /// The AI-disclosure line spoken first: text, `true` (the default text)
+    /// or `false` (none).
+    pub disclosure: Option<DisclosureConfig>,
+    /// Who the calls are for (`{{agent.organization}}`).
+    pub organization: Option<String>,
+    pub voice: Option<String>,
+    pub model: Option<String>,
+    pub turn_detection: Option<TurnDetectionConfig>,
+    pub transcription: Option<TranscriptionConfig>,
+    /// Snippets the agent may use: `{text = "…"}` or `{file = "faq.md"}`
+    /// (relative to the profile file); 64 KiB in all.
+    pub knowledge: Vec<KnowledgeConfig>,
+    /// Built-in tools to enable; default: `end_call`, `opt_out`, plus
+    /// `record_survey_response` (survey), `transfer_call` (with `transfer`),
+    /// `voicemail_detected` (with `voicemail`).
+    pub tools: Option<Vec<String>>,
+    /// HTTP endpoints the agent may call.
+    pub http_tools: Vec<HttpToolConfig>,
+    pub transfer: Option<TransferConfig>,
+    pub voicemail: Option<VoicemailConfig>,
+    /// Longest call in seconds; default MAX_CALL_DURATION_S.
+    pub max_call_duration_s: Option<u32>,
+    /// End the call after this many seconds with nobody speaking.
+    pub silence_timeout_s: Option<u32>,
     /// Inbound calls to these numbers (E.164) get this agent.
-    #[serde(default)]
     pub numbers: Vec<String>,
+}
+
+/// `disclosure = "text"`, `disclosure = true` or `disclosure = false`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum DisclosureConfig {
+    On(bool),
+    Text(String),
+}
+
+/// A profile's turn detection; unset fields come from the TURN_DETECTION /
+/// VAD_* settings.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnDetectionConfig {
+    /// `server_vad`, `semantic_vad` or `none`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub threshold: Option<f64>,
+    pub prefix_padding_ms: Option<u32>,
+    pub silence_duration_ms: Option<u32>,
+    /// semantic_vad: low, medium, high, auto.
+    pub eagerness: Option<String>,
+}
+
+/// A profile's caller transcription (`model = "none"` turns it off).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TranscriptionConfig {
+    pub model: Option<String>,
+    pub language: Option<String>,
+}
+
+/// One knowledge snippet: exactly one of `text` and `file`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KnowledgeConfig {
+    pub text: Option<String>,
+    pub file: Option<String>,
+}
+
+/// An HTTP tool the agent can call.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpToolConfig {
+    pub name: String,
+    pub description: String,
+    pub url: String,
+    /// GET, POST (the default), PUT, PATCH or DELETE.
+    pub method: Option<String>,
+    /// Values may contain `${ENV_NAME}` (or `${ENV_NAME:-fallback}`).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// JSON schema of the arguments: `{"type": "object", …}`.
+    pub parameters: Option<serde_json::Value>,
+    /// Default 5000, at most 30000.
+    pub timeout_ms: Option<u64>,
+}
+
+/// Where `transfer_call` sends the caller.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransferConfig {
+    /// E.164 number or `sip:` URI.
+    pub to: String,
+    /// Warm transfer through a conference (default: cold).
+    pub warm: bool,
+    /// Warm transfer: what the human hears before joining.
+    pub conference_intro: Option<String>,
+}
+
+/// What to do on an answering machine.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VoicemailConfig {
+    /// `leave_message` or `hang_up`; default: leave_message when a message
+    /// is given, else hang_up.
+    pub action: Option<String>,
+    /// The message (a template) for `leave_message`.
+    pub message: Option<String>,
 }
 
 impl Default for Config {
@@ -185,12 +313,19 @@ impl Default for Config {
             machine_detection: "none".into(),
             rate_limit_per_minute: 600,
             max_body_bytes: 64 * 1024,
+            openai_api_base: "https://api.openai.com/v1".into(),
+            openai_webhook_secret: None,
+            inbound_hours: None,
+            inbound_timezone: "UTC".into(),
+            outbound_greeting_wait_ms: 2_500,
             campaign_worker: true,
             campaign_max_concurrent: 20,
             campaign_poll_ms: 1_000,
             campaign_lease_ms: 60_000,
             node_id: None,
             agents: Vec::new(),
+            agents_dir: "agents".into(),
+            config_dir: None,
         }
     }
 }
@@ -210,6 +345,8 @@ pub enum ConfigError {
         #[source]
         source: Box<toml::de::Error>,
     },
+    #[error("{0}")]
+    Agents(String),
     #[error("{name}={value:?} is not valid: {reason}")]
     Invalid {
         name: &'static str,
@@ -253,8 +390,15 @@ impl Config {
             }
             None => Config::default(),
         };
-        cfg.apply_env(env)?;
-        cfg.validate()?;
+        if let Some(p) = path {
+            cfg.config_dir = Some(
+                p.parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| ".".into()),
+            );
+        }
+        cfg.apply_env(&env)?;
+        cfg.validate(&env)?;
         Ok(cfg)
     }
 
@@ -337,18 +481,26 @@ impl Config {
         set!("MACHINE_DETECTION", machine_detection, string);
         set!("RATE_LIMIT_PER_MINUTE", rate_limit_per_minute, parse);
         set!("MAX_BODY_BYTES", max_body_bytes, parse);
+        set!("OPENAI_API_BASE", openai_api_base, string);
+        set!("OPENAI_WEBHOOK_SECRET", openai_webhook_secret, opt);
+        set!("INBOUND_HOURS", inbound_hours, opt);
+        set!("INBOUND_TIMEZONE", inbound_timezone, string);
+        set!("OUTBOUND_GREETING_WAIT_MS", outbound_greeting_wait_ms, parse);
         set!("CAMPAIGN_WORKER", campaign_worker, bool);
         set!("CAMPAIGN_MAX_CONCURRENT", campaign_max_concurrent, parse);
         set!("CAMPAIGN_POLL_MS", campaign_poll_ms, parse);
         set!("CAMPAIGN_LEASE_MS", campaign_lease_ms, parse);
         set!("NODE_ID", node_id, opt);
+        if let Some(v) = env("AGENTS_DIR") {
+            self.agents_dir = v.into();
+        }
         if self.public_url.is_empty() {
             self.public_url = format!("http://localhost:{}", self.port);
         }
         Ok(())
     }
 
-    fn validate(&mut self) -> Result<(), ConfigError> {
+    fn validate(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let url = url::Url::parse(&self.public_url)
             .map_err(|e| invalid("PUBLIC_URL", &self.public_url, e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -442,6 +594,31 @@ impl Config {
         if self.rate_limit_per_minute == 0 {
             return Err(invalid("RATE_LIMIT_PER_MINUTE", 0, "at least 1"));
         }
+        if let Some(h) = &self.inbound_hours {
+            let ok = h.split_once('-').is_some_and(|(a, b)| {
+                a.trim().parse::<jiff::civil::Time>().is_ok()
+                    && b.trim().parse::<jiff::civil::Time>().is_ok()
+            });
+            if !ok {
+                return Err(invalid("INBOUND_HOURS", h, "expected HH:MM-HH:MM"));
+            }
+        }
+        if jiff::tz::TimeZone::get(&self.inbound_timezone).is_err() {
+            return Err(invalid(
+                "INBOUND_TIMEZONE",
+                &self.inbound_timezone,
+                "not an IANA time zone",
+            ));
+        }
+        if let Some(s) = &self.openai_webhook_secret
+            && voxbridge_realtime::webhooks::WebhookVerifier::new(s).is_err()
+        {
+            return Err(invalid(
+                "OPENAI_WEBHOOK_SECRET",
+                "(hidden)",
+                "expected whsec_ followed by base64",
+            ));
+        }
         if !(10..=60_000).contains(&self.campaign_poll_ms) {
             return Err(invalid(
                 "CAMPAIGN_POLL_MS",
@@ -456,21 +633,11 @@ impl Config {
                 "at least 5000 (longer than a Twilio create-call request)",
             ));
         }
-        let mut names = std::collections::HashSet::new();
-        for a in &self.agents {
-            if a.name.is_empty() || !names.insert(a.name.as_str()) {
-                return Err(invalid(
-                    "agents",
-                    &a.name,
-                    "agent names must be unique and non-empty",
-                ));
-            }
-            if let Some(v) = &a.voice
-                && !VOICES.contains(&v.as_str())
-            {
-                return Err(invalid("agents.voice", v, "not a Realtime voice"));
-            }
-        }
+        // `[[agents]]` tables: the same checks as profile files (the files
+        // themselves are loaded by the agent registry, see `crate::agents`).
+        crate::agents::Agents::from_config_checked(self, env).map_err(|e| {
+            ConfigError::Agents(e.to_string())
+        })?;
         if self.max_frame_bytes < 1024 {
             return Err(invalid(
                 "MAX_FRAME_BYTES",

@@ -266,8 +266,18 @@ fn record(report: &mut DemoReport, ev: &CallEvent, t0: Instant, quiet: bool) {
             report.end_reason = Some(reason.clone());
             Some(format!("call ended ({reason})"))
         }
+        CallEventKind::ToolCall { name, ok, .. } => Some(format!(
+            "  (tool {name}: {})",
+            if *ok { "ok" } else { "error" }
+        )),
+        CallEventKind::SurveyAnswer { question, answer } => {
+            Some(format!("  (survey: {question} -> {answer})"))
+        }
+        CallEventKind::OptedOut { number } => Some(format!("  ({number} opted out)")),
+        CallEventKind::Transferred { to, .. } => Some(format!("  (transferred to {to})")),
         CallEventKind::ModelReady { .. }
         | CallEventKind::Status { .. }
+        | CallEventKind::AnsweredBy { .. }
         | CallEventKind::Recording { .. } => None,
     };
     if let Some(line) = line

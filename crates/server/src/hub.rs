@@ -62,6 +62,22 @@ pub enum CallEventKind {
     Status { status: String },
     /// The call's recording is available.
     Recording { sid: String, url: String },
+    /// The agent called a tool (every call is stored with its result).
+    ToolCall {
+        name: String,
+        arguments: String,
+        output: String,
+        ok: bool,
+        duration_ms: u64,
+    },
+    /// The agent recorded a survey answer.
+    SurveyAnswer { question: String, answer: String },
+    /// The callee asked not to be called again: the number goes on the do-not-call list.
+    OptedOut { number: String },
+    /// Who answered: Twilio's machine detection or the agent's own judgement.
+    AnsweredBy { answered_by: String, source: String },
+    /// The call was handed to a person.
+    Transferred { to: String, warm: bool },
     /// The call is over.
     Ended { reason: String },
 }

@@ -16,13 +16,16 @@ pub mod app;
 pub mod campaign;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod hub;
 pub mod loadtest;
 pub mod persist;
 pub mod playback;
 pub mod session;
+pub mod sip;
 pub mod token;
+pub mod tools;
 pub mod ws;
 
 pub use app::{App, AppState};

@@ -8,6 +8,7 @@ use voxbridge::config::Config;
 use voxbridge::{App, app, demo, loadtest};
 
 mod cli;
+mod cli_agents;
 mod cli_campaigns;
 
 #[derive(Parser, Debug)]
@@ -46,6 +47,11 @@ enum Command {
         remote: cli_campaigns::Remote,
         #[command(subcommand)]
         command: cli_campaigns::CampaignsCommand,
+    },
+    /// Agent profiles (AGENTS_DIR): check, list, show.
+    Agents {
+        #[command(subcommand)]
+        command: cli_agents::AgentsCommand,
     },
     /// Create or upgrade the database schema (DATABASE_URL).
     Migrate,
@@ -170,6 +176,7 @@ fn main() -> anyhow::Result<()> {
                 println!("database {} is up to date", store.backend());
                 Ok(())
             }
+            Command::Agents { command } => cli_agents::run(cli.config.as_deref(), command),
             Command::Keys { command } => cli::keys(cli.config.as_deref(), command).await,
             Command::Calls { command } => cli::calls(cli.config.as_deref(), command).await,
             Command::Call(args) => cli::call(args).await,

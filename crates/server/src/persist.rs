@@ -55,6 +55,38 @@ async fn write(store: &Store, ev: &CallEvent) -> Result<(), voxbridge_store::Sto
         CallEventKind::Ended { reason } => {
             store.finish_call(id, Some(reason), at, None).await?;
         }
+        CallEventKind::ToolCall {
+            name,
+            arguments,
+            output,
+            ok,
+            duration_ms,
+        } => {
+            store
+                .add_tool_call(
+                    id,
+                    &voxbridge_store::NewToolCall {
+                        name: name.clone(),
+                        arguments: arguments.clone(),
+                        result: output.clone(),
+                        ok: *ok,
+                        duration_ms: *duration_ms as i64,
+                        at_ms: at,
+                    },
+                )
+                .await?;
+        }
+        CallEventKind::SurveyAnswer { question, answer } => {
+            store.add_survey_response(id, question, answer, at).await?;
+        }
+        CallEventKind::OptedOut { number } => {
+            store
+                .add_dnc(number, Some("asked on the call"), "agent", at)
+                .await?;
+        }
+        CallEventKind::AnsweredBy { answered_by, .. } => {
+            store.set_answered_by(id, answered_by).await?;
+        }
         _ => {}
     }
     let data = serde_json::to_value(&ev.kind).unwrap_or_default();

@@ -12,6 +12,9 @@
 
 use crate::hub::{CallEventKind, EventHub, Speaker};
 use crate::playback::{Note, Outbox, PacerConfig, Playback};
+use crate::tools::{
+    self, Action, CallTools, FunctionCall, HttpResult, TransferTarget, VoicemailPlan,
+};
 use crate::ws::{CLOSE_ERROR, CLOSE_NORMAL, CLOSE_TOO_BIG, Link, WsIn, WsOut};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -21,6 +24,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use voxbridge_audio::{BYTES_PER_MS, FRAME_BYTES, MULAW_SILENCE};
@@ -75,6 +79,104 @@ impl CallSettings {
     }
 }
 
+/// A boxed future that owns what it needs.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Call control the tools need, per transport: Twilio's REST API for Media Streams calls,
+/// the Realtime Calls API (`/refer`, `/hangup`) for SIP connector calls.
+pub trait CallControl: Send + Sync {
+    /// Hand the call to a person; `Ok` with a description of what was done.
+    fn transfer(&self, target: TransferTarget) -> BoxFuture<Result<String, String>>;
+    /// End the call at the carrier (the session has stopped talking).
+    fn hangup(&self) -> BoxFuture<Result<(), String>>;
+}
+
+/// News for a running session from other request handlers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Signal {
+    /// Twilio's asynchronous answering-machine detection: `human`, `machine_start`,
+    /// `machine_end_beep`, `machine_end_silence`, `machine_end_other`, `fax`, `unknown`.
+    AnsweredBy(String),
+}
+
+/// Where a session's audio is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Twilio Media Streams: audio flows through this session.
+    #[default]
+    MediaStreams,
+    /// OpenAI SIP connector: audio flows between the carrier and OpenAI; this session only
+    /// holds the sideband control socket.
+    Sideband,
+}
+
+/// What a call has besides its settings: tools and the means to act on the call.
+#[derive(Default)]
+pub struct CallContext {
+    pub tools: Arc<CallTools>,
+    pub control: Option<Arc<dyn CallControl>>,
+    pub signals: Option<mpsc::UnboundedReceiver<Signal>>,
+    /// For HTTP tools.
+    pub http: Option<reqwest::Client>,
+    /// Outbound calls: the greeting waits for a person (machine detection says human, or
+    /// the callee speaks) at most this long, so it never plays into a voicemail greeting.
+    pub greeting_wait: Option<Duration>,
+    /// The other party's number (the callee of an outbound call), for `opt_out`.
+    pub peer_number: Option<String>,
+    pub transport: Transport,
+}
+
+/// Sideband calls: the carrier plays the agent's audio; the words are taken as played this
+/// long after the response is done.
+const SIDEBAND_TAIL: Duration = Duration::from_millis(1_500);
+/// Longest the session waits for the agent's last words before ending or transferring.
+const ENDING_TIMEOUT: Duration = Duration::from_secs(20);
+/// After a transfer request succeeded, how long to wait for Twilio's `stop`.
+const TRANSFER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a voicemail greeting starts, how long to wait for its beep.
+const BEEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// An asynchronous tool finished.
+enum ToolDone {
+    Http {
+        call: FunctionCall,
+        result: HttpResult,
+    },
+    Transfer {
+        target: TransferTarget,
+        result: Result<String, String>,
+    },
+}
+
+/// The call is winding down once the agent's words have played.
+#[derive(Debug)]
+struct Ending {
+    then: Then,
+    deadline: Instant,
+    /// A goodbye response was requested and has not been created yet.
+    awaiting_response: bool,
+    /// Sideband: the server plays the audio; the last response ended at this instant.
+    spoken_until: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+enum Then {
+    Hangup(EndReason),
+    Transfer(TransferTarget),
+    /// The transfer was requested; Twilio will stop the stream.
+    AwaitStop(String),
+}
+
+/// Voicemail handling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Machine {
+    No,
+    /// A machine answered; its greeting plays until the beep.
+    AwaitBeep(Instant),
+    /// The message is being left.
+    Leaving,
+}
+
 /// The model side once connected.
 pub struct ModelLink {
     pub link: Link,
@@ -100,6 +202,12 @@ pub enum EndReason {
     ModelConnectFailed(String),
     /// The session did not confirm µ-law both ways.
     FormatMismatch(String),
+    /// The agent ended the call (`end_call`, `opt_out`), after its last words.
+    AgentEnded(String),
+    /// The call was handed to a person.
+    Transferred(String),
+    /// A machine answered: the message was left (or not), then the call ended.
+    Voicemail(String),
 }
 
 impl std::fmt::Display for EndReason {
@@ -111,6 +219,9 @@ impl std::fmt::Display for EndReason {
             EndReason::ModelClosed(why) => write!(f, "model_closed: {why}"),
             EndReason::ModelConnectFailed(why) => write!(f, "model_connect_failed: {why}"),
             EndReason::FormatMismatch(why) => write!(f, "audio_format_mismatch: {why}"),
+            EndReason::AgentEnded(why) => write!(f, "agent_ended: {why}"),
+            EndReason::Transferred(to) => write!(f, "transferred: {to}"),
+            EndReason::Voicemail(what) => write!(f, "voicemail: {what}"),
         }
     }
 }
@@ -141,6 +252,8 @@ pub struct CallSummary {
     pub output_tokens: u64,
     pub cached_tokens: u64,
     pub model_errors: Vec<String>,
+    /// Tool calls: (name, ok).
+    pub tool_calls: Vec<(String, bool)>,
 }
 
 /// A media payload that is not valid base64 (or is empty).
@@ -206,6 +319,9 @@ enum Wake {
     ModelReady(Result<ModelLink, String>),
     Model(Option<WsIn>),
     Pace,
+    Tool(ToolDone),
+    Signal(Signal),
+    Timer,
 }
 
 struct Session {
@@ -233,6 +349,14 @@ struct Session {
     first_delta_seen: Vec<String>,
     summary: CallSummary,
     out: Outbox,
+    ctx: CallContext,
+    tool_tx: mpsc::UnboundedSender<ToolDone>,
+    /// The greeting waits (outbound) until this instant unless a person shows up first.
+    greeting_gate: Option<Instant>,
+    ending: Option<Ending>,
+    machine: Machine,
+    /// Text of the current response's transcript (sideband: to estimate its duration).
+    last_response_done: Option<Instant>,
 }
 
 /// Run a call until either side ends it.
@@ -244,7 +368,10 @@ pub async fn run(
     model: ModelFuture,
     settings: Arc<CallSettings>,
     hub: EventHub,
+    mut ctx: CallContext,
 ) -> CallSummary {
+    let (tool_tx, mut tool_rx) = mpsc::unbounded_channel();
+    let mut signals = ctx.signals.take();
     let mut playback = Playback::new(settings.pacer);
     playback.start(&start.stream_sid);
     let pre_model_cap = (settings.input_buffer_ms / voxbridge_audio::FRAME_MS).max(1) as usize;
@@ -274,6 +401,12 @@ pub async fn run(
         first_delta_seen: Vec::new(),
         summary: CallSummary::default(),
         out: Outbox::default(),
+        ctx,
+        tool_tx,
+        greeting_gate: None,
+        ending: None,
+        machine: Machine::No,
+        last_response_done: None,
     };
     s.hub.publish(
         &call_id,
@@ -289,7 +422,18 @@ pub async fn run(
     let pacer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(pacer);
     let mut armed: Option<Instant> = None;
+    // Greeting gate, voicemail beep and ending deadlines share a second timer.
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut timer_at: Option<Instant> = None;
     let reason = loop {
+        let due = s.next_timer();
+        if let Some(d) = due
+            && timer_at != Some(d)
+        {
+            timer.as_mut().reset(d);
+            timer_at = Some(d);
+        }
         let deadline = s.playback.next_deadline();
         if let Some(d) = deadline
             && armed != Some(d)
@@ -305,6 +449,12 @@ pub async fn run(
                 armed = None;
                 Wake::Pace
             }
+            Some(done) = tool_rx.recv() => Wake::Tool(done),
+            Some(sig) = async { match signals.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } }, if signals.is_some() => Wake::Signal(sig),
+            () = &mut timer, if due.is_some() => {
+                timer_at = None;
+                Wake::Timer
+            }
         };
         let step = match wake {
             Wake::Twilio(m) => s.on_twilio(m),
@@ -319,7 +469,11 @@ pub async fn run(
                 s.out = out;
                 Ok(())
             }
+            Wake::Tool(done) => s.on_tool_done(done),
+            Wake::Signal(sig) => s.on_signal(sig),
+            Wake::Timer => s.on_timer(),
         };
+        let step = step.and_then(|()| s.check_ending());
         // Audio due now goes out with whatever this step produced.
         if !s.out.twilio.is_empty() || s.playback.next_deadline().is_some() {
             let mut out = std::mem::take(&mut s.out);
@@ -434,6 +588,12 @@ impl Session {
             ));
         }
         self.model = Some(link.link);
+        if self.ctx.transport == Transport::Sideband && !self.session_confirmed {
+            // The call was accepted with its session: nothing to confirm, no audio formats
+            // to check (the carrier and OpenAI negotiate them over SIP).
+            self.session_confirmed = true;
+            self.greet();
+        }
         Ok(())
     }
 
@@ -490,6 +650,7 @@ impl Session {
                 ..
             } => self.playback.audio_done(&response_id, &item_id),
             ServerEvent::SessionCreated(_) => {}
+            ServerEvent::SessionUpdated(_) if self.ctx.transport == Transport::Sideband => {}
             ServerEvent::SessionUpdated(info) => {
                 let pcmu_in = info.input_format.as_ref().is_some_and(|f| f.is_pcmu());
                 let pcmu_out = info.output_format.as_ref().is_some_and(|f| f.is_pcmu());
@@ -511,19 +672,31 @@ impl Session {
                 }
             }
             ServerEvent::SpeechStarted { .. } => {
+                // Someone is there: an outbound greeting need not wait any longer.
+                self.release_greeting("the callee spoke");
                 if self.playback.is_playing() || self.playback.active_response().is_some() {
                     let mut out = std::mem::take(&mut self.out);
                     self.playback.barge_in(!self.server_interrupts, &mut out);
                     self.out = out;
                 }
             }
-            ServerEvent::SpeechStopped { .. } => self.speech_stopped_at = Some(Instant::now()),
+            ServerEvent::SpeechStopped { .. } => {
+                self.speech_stopped_at = Some(Instant::now());
+                // A machine's greeting ended: leave the message now.
+                if matches!(self.machine, Machine::AwaitBeep(_)) {
+                    self.leave_voicemail();
+                }
+            }
             ServerEvent::ResponseCreated { response_id } => {
                 if self.protect_next_response {
                     self.protect_next_response = false;
                     self.playback.protect_response(&response_id);
                 }
                 self.playback.response_created(&response_id);
+                if let Some(e) = self.ending.as_mut() {
+                    e.awaiting_response = false;
+                    e.spoken_until = None;
+                }
                 if let Some(t0) = self.speech_stopped_at.take() {
                     self.summary.turns.push(TurnTiming::default());
                     self.turn_of_response
@@ -537,6 +710,7 @@ impl Session {
             } => {
                 debug!(%response_id, %status, "response done");
                 self.playback.response_done(&response_id);
+                self.last_response_done = Some(Instant::now());
                 if let Some(u) = usage {
                     let cached = u
                         .input_token_details
@@ -588,6 +762,14 @@ impl Session {
                 self.hub
                     .publish(&self.call_id, CallEventKind::Warning { message });
             }
+            ServerEvent::OutputItemDone { item, .. } if item.kind == "function_call" => {
+                let call = FunctionCall {
+                    call_id: item.call_id.unwrap_or_default(),
+                    name: item.name.unwrap_or_default(),
+                    arguments: item.arguments.unwrap_or_default(),
+                };
+                self.on_function_call(call);
+            }
             ServerEvent::InputCommitted { .. }
             | ServerEvent::OutputItemDone { .. }
             | ServerEvent::ItemTruncated { .. } => {}
@@ -596,9 +778,21 @@ impl Session {
         Ok(())
     }
 
-    /// The agent speaks first, once the session is confirmed.
+    /// The agent speaks first, once the session is confirmed (on outbound calls, once a
+    /// person is known to be there or the wait is over).
     fn greet(&mut self) {
-        if self.greeting_requested {
+        if self.greeting_requested || self.machine != Machine::No {
+            return;
+        }
+        if let Some(wait) = self.ctx.greeting_wait.take() {
+            self.greeting_gate = Some(Instant::now() + wait);
+            debug!(
+                wait_ms = wait.as_millis() as u64,
+                "greeting waits for a person"
+            );
+            return;
+        }
+        if self.greeting_gate.is_some() {
             return;
         }
         if let Some(greeting) = &self.settings.greeting {
@@ -613,6 +807,361 @@ impl Session {
                 .to_json(),
             );
         }
+    }
+
+    /// A person is on the line (or the wait is over): greet now if the greeting waited.
+    fn release_greeting(&mut self, why: &str) {
+        self.ctx.greeting_wait = None;
+        if self.greeting_gate.take().is_some() {
+            debug!(why, "greeting released");
+            if self.session_confirmed {
+                self.greet();
+            }
+        }
+    }
+
+    /// The earliest instant the session must wake up for (besides the pacer).
+    fn next_timer(&self) -> Option<Instant> {
+        let mut at: Option<Instant> = self.greeting_gate;
+        let mut consider = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
+        if let Machine::AwaitBeep(t) = self.machine {
+            consider(t);
+        }
+        if let Some(e) = &self.ending {
+            consider(e.deadline);
+            if let Some(t) = e.spoken_until {
+                consider(t);
+            }
+        }
+        at
+    }
+
+    fn on_timer(&mut self) -> Result<(), EndReason> {
+        let now = Instant::now();
+        if self.greeting_gate.is_some_and(|t| t <= now) {
+            self.release_greeting("no sign of a person yet; greeting anyway");
+        }
+        if let Machine::AwaitBeep(t) = self.machine
+            && t <= now
+        {
+            self.leave_voicemail();
+        }
+        Ok(())
+    }
+
+    fn on_signal(&mut self, sig: Signal) -> Result<(), EndReason> {
+        let Signal::AnsweredBy(by) = sig;
+        info!(answered_by = %by, "answering machine detection");
+        let machine = by.starts_with("machine") || by == "fax";
+        if !machine {
+            self.release_greeting("machine detection says a person answered");
+            return Ok(());
+        }
+        if self.machine != Machine::No {
+            return Ok(());
+        }
+        // Stop talking over the machine's greeting.
+        if self.playback.is_playing() || self.playback.active_response().is_some() {
+            let mut out = std::mem::take(&mut self.out);
+            self.playback.barge_in(true, &mut out);
+            self.out = out;
+        }
+        self.greeting_gate = None;
+        self.ctx.greeting_wait = None;
+        self.greeting_requested = true;
+        if by == "machine_start" {
+            self.machine = Machine::AwaitBeep(Instant::now() + BEEP_TIMEOUT);
+            Ok(())
+        } else {
+            self.machine = Machine::AwaitBeep(Instant::now());
+            self.leave_voicemail();
+            Ok(())
+        }
+    }
+
+    /// After the beep: leave the profile's message then hang up, or just hang up.
+    fn leave_voicemail(&mut self) {
+        if self.machine == Machine::Leaving {
+            return;
+        }
+        self.machine = Machine::Leaving;
+        match self.ctx.tools.voicemail.clone() {
+            Some(VoicemailPlan::LeaveMessage(message)) => {
+                info!("leaving a voicemail message");
+                self.out.model.push(
+                    ClientEvent::ResponseCreate {
+                        response: Some(ResponseParams {
+                            instructions: Some(format!(
+                                "You reached a voicemail. Say exactly this message, then stop: {message}"
+                            )),
+                        }),
+                    }
+                    .to_json(),
+                );
+                self.start_ending(
+                    Then::Hangup(EndReason::Voicemail("message left".into())),
+                    true,
+                );
+            }
+            Some(VoicemailPlan::HangUp) | None => {
+                info!("voicemail: hanging up without a message");
+                self.start_ending(Then::Hangup(EndReason::Voicemail("hung up".into())), false);
+            }
+        }
+    }
+
+    fn start_ending(&mut self, then: Then, awaiting_response: bool) {
+        self.ending = Some(Ending {
+            then,
+            deadline: Instant::now() + ENDING_TIMEOUT,
+            awaiting_response,
+            spoken_until: None,
+        });
+    }
+
+    /// Whether the agent's words have finished playing to the caller.
+    fn words_played(&mut self) -> bool {
+        if self.playback.is_playing() || self.playback.active_response().is_some() {
+            return false;
+        }
+        if self.ctx.transport == Transport::Sideband {
+            // The carrier plays the audio; allow it to finish after the response.
+            let e = match self.ending.as_mut() {
+                Some(e) => e,
+                None => return true,
+            };
+            let until = *e.spoken_until.get_or_insert_with(|| {
+                self.last_response_done.unwrap_or_else(Instant::now) + SIDEBAND_TAIL
+            });
+            return Instant::now() >= until;
+        }
+        true
+    }
+
+    /// Ends or transfers the call once the agent's words have played.
+    fn check_ending(&mut self) -> Result<(), EndReason> {
+        let Some(e) = &self.ending else {
+            return Ok(());
+        };
+        let timed_out = Instant::now() >= e.deadline;
+        if let Then::AwaitStop(to) = &e.then {
+            return if timed_out {
+                Err(EndReason::Transferred(to.clone()))
+            } else {
+                Ok(())
+            };
+        }
+        if e.awaiting_response && !timed_out {
+            return Ok(());
+        }
+        if !timed_out && !self.words_played() {
+            return Ok(());
+        }
+        let Some(e) = self.ending.take() else {
+            return Ok(());
+        };
+        match e.then {
+            Then::Hangup(reason) => Err(reason),
+            Then::Transfer(target) => {
+                match self.ctx.control.clone() {
+                    Some(control) => {
+                        let tx = self.tool_tx.clone();
+                        tokio::spawn(async move {
+                            let result = control.transfer(target.clone()).await;
+                            let _ = tx.send(ToolDone::Transfer { target, result });
+                        });
+                        // Wait for the outcome (the next step handles it).
+                        self.ending = Some(Ending {
+                            then: Then::AwaitStop(String::new()),
+                            deadline: Instant::now() + ENDING_TIMEOUT,
+                            awaiting_response: false,
+                            spoken_until: None,
+                        });
+                    }
+                    None => {
+                        self.model_note(
+                            "[system: the transfer is not possible on this call; apologise and offer to take a message]",
+                        );
+                    }
+                }
+                Ok(())
+            }
+            Then::AwaitStop(_) => Ok(()),
+        }
+    }
+
+    /// Tell the model something as a user-side note and let it respond.
+    fn model_note(&mut self, text: &str) {
+        self.out.model.push(
+            ClientEvent::ConversationItemCreate {
+                item: Item::user_text(text),
+            }
+            .to_json(),
+        );
+        self.out
+            .model
+            .push(ClientEvent::ResponseCreate { response: None }.to_json());
+    }
+
+    /// Send a function call's output, and (`respond`) let the model go on.
+    fn tool_output(&mut self, call_id: &str, output: &serde_json::Value, respond: bool) {
+        self.out.model.push(
+            ClientEvent::ConversationItemCreate {
+                item: Item::FunctionCallOutput {
+                    call_id: call_id.to_owned(),
+                    output: tools::output_text(output),
+                },
+            }
+            .to_json(),
+        );
+        if respond {
+            self.out
+                .model
+                .push(ClientEvent::ResponseCreate { response: None }.to_json());
+        }
+    }
+
+    fn record_tool(&mut self, call: &FunctionCall, output: &serde_json::Value, ok: bool, ms: u64) {
+        info!(tool = %call.name, ok, duration_ms = ms, "tool call");
+        self.summary.tool_calls.push((call.name.clone(), ok));
+        self.hub.publish(
+            &self.call_id,
+            CallEventKind::ToolCall {
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+                output: tools::output_text(output),
+                ok,
+                duration_ms: ms,
+            },
+        );
+    }
+
+    /// The model asked for a tool.
+    fn on_function_call(&mut self, call: FunctionCall) {
+        use serde_json::json;
+        let action = tools::decide(&self.ctx.tools, &call);
+        match action {
+            Action::Reply { output, ok } => {
+                self.record_tool(&call, &output, ok, 0);
+                self.tool_output(&call.call_id, &output, true);
+            }
+            Action::End {
+                output,
+                reason,
+                goodbye,
+            } => {
+                self.record_tool(&call, &output, true, 0);
+                self.tool_output(&call.call_id, &output, goodbye);
+                self.start_ending(Then::Hangup(EndReason::AgentEnded(reason)), goodbye);
+            }
+            Action::Transfer {
+                output,
+                target,
+                reason,
+            } => {
+                info!(to = %target.to, warm = target.warm, %reason, "transfer requested");
+                self.record_tool(&call, &output, true, 0);
+                self.tool_output(&call.call_id, &output, false);
+                self.start_ending(Then::Transfer(target), false);
+            }
+            Action::Voicemail { output } => {
+                self.record_tool(&call, &output, true, 0);
+                self.tool_output(&call.call_id, &output, false);
+                self.hub.publish(
+                    &self.call_id,
+                    CallEventKind::AnsweredBy {
+                        answered_by: "machine_detected_by_agent".into(),
+                        source: "agent".into(),
+                    },
+                );
+                if self.machine == Machine::No {
+                    self.machine = Machine::AwaitBeep(Instant::now());
+                    self.leave_voicemail();
+                }
+            }
+            Action::SurveyAnswer { question, answer } => {
+                let output = json!({"saved": true});
+                self.record_tool(&call, &output, true, 0);
+                self.hub.publish(
+                    &self.call_id,
+                    CallEventKind::SurveyAnswer { question, answer },
+                );
+                self.tool_output(&call.call_id, &output, true);
+            }
+            Action::OptOut { reason } => {
+                let output = match &self.ctx.peer_number {
+                    Some(number) => {
+                        self.hub.publish(
+                            &self.call_id,
+                            CallEventKind::OptedOut {
+                                number: number.clone(),
+                            },
+                        );
+                        json!({"ok": true, "note": "the number will not be called again; confirm that and say goodbye"})
+                    }
+                    None => json!({"ok": true, "note": "noted; confirm and say goodbye"}),
+                };
+                self.record_tool(&call, &output, true, 0);
+                self.tool_output(&call.call_id, &output, true);
+                let why = reason.map_or_else(|| "opt_out".to_owned(), |r| format!("opt_out: {r}"));
+                self.start_ending(Then::Hangup(EndReason::AgentEnded(why)), true);
+            }
+            Action::Http { tool, arguments } => {
+                let client = self.ctx.http.clone().unwrap_or_default();
+                let tx = self.tool_tx.clone();
+                tokio::spawn(async move {
+                    let result = tools::run_http(&client, &tool, &arguments).await;
+                    let _ = tx.send(ToolDone::Http { call, result });
+                });
+            }
+        }
+    }
+
+    fn on_tool_done(&mut self, done: ToolDone) -> Result<(), EndReason> {
+        match done {
+            ToolDone::Http { call, result } => {
+                let ms = result.duration.as_millis() as u64;
+                self.record_tool(&call, &result.output, result.ok, ms);
+                // Speak once the agent is not already speaking.
+                self.tool_output(&call.call_id, &result.output, true);
+            }
+            ToolDone::Transfer { target, result } => match result {
+                Ok(what) => {
+                    info!(to = %target.to, %what, "call transferred");
+                    self.hub.publish(
+                        &self.call_id,
+                        CallEventKind::Transferred {
+                            to: target.to.clone(),
+                            warm: target.warm,
+                        },
+                    );
+                    self.ending = Some(Ending {
+                        then: Then::AwaitStop(target.to.clone()),
+                        deadline: Instant::now() + TRANSFER_STOP_TIMEOUT,
+                        awaiting_response: false,
+                        spoken_until: None,
+                    });
+                    if self.ctx.transport == Transport::Sideband {
+                        // The SIP leg was referred away: nothing more to wait for.
+                        return Err(EndReason::Transferred(target.to));
+                    }
+                }
+                Err(e) => {
+                    warn!(to = %target.to, error = %e, "transfer failed");
+                    self.ending = None;
+                    self.hub.publish(
+                        &self.call_id,
+                        CallEventKind::Warning {
+                            message: format!("transfer to {} failed: {e}", target.to),
+                        },
+                    );
+                    self.model_note(
+                        "[system: the transfer failed; apologise, and offer to take a message or help yourself]",
+                    );
+                }
+            },
+        }
+        Ok(())
     }
 
     fn handle_notes(&mut self) {
@@ -758,7 +1307,22 @@ impl Session {
             EndReason::ModelConnectFailed(_) | EndReason::FormatMismatch(_) => {
                 Some((CLOSE_ERROR, truncate_reason(&reason.to_string())))
             }
+            EndReason::AgentEnded(_) | EndReason::Voicemail(_) => {
+                Some((CLOSE_NORMAL, "call ended by the agent".to_owned()))
+            }
+            EndReason::Transferred(_) => Some((CLOSE_NORMAL, "call transferred".to_owned())),
         };
+        // The agent hung up: end the call at the carrier too (on Media Streams closing the
+        // stream would also end a call whose TwiML has nothing after <Connect>).
+        if matches!(reason, EndReason::AgentEnded(_) | EndReason::Voicemail(_))
+            && let Some(control) = self.ctx.control.clone()
+        {
+            tokio::spawn(async move {
+                if let Err(e) = control.hangup().await {
+                    warn!(error = %e, "hang-up request failed");
+                }
+            });
+        }
         if let Some((code, why)) = twilio_close {
             let _ =
                 tokio::time::timeout(CLOSE_GRACE, twilio.tx.send(WsOut::Close(code, why))).await;

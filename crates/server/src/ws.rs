@@ -159,3 +159,14 @@ fn futures_channel_like() -> (BoxSink, BoxStream) {
     });
     (Box::pin(sink), Box::pin(stream))
 }
+
+/// A link that never receives anything and discards what is sent: the "media socket" of a
+/// SIP connector call, whose audio never reaches this server.
+pub fn detached() -> Link {
+    let tx = futures_util::sink::drain()
+        .sink_map_err(|e: std::convert::Infallible| SendError(e.to_string()));
+    Link {
+        tx: Box::pin(tx),
+        rx: Box::pin(futures_util::stream::pending()),
+    }
+}

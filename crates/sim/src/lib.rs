@@ -7,4 +7,6 @@
 
 pub mod caller;
 pub mod realtime;
+pub mod sip;
 pub mod twilio_api;
+pub mod twiml_exec;

@@ -11,10 +11,22 @@
 //! Everything received is parsed as plain [`serde_json::Value`]: nothing is
 //! shared with the bridge's own typed events.
 //!
+//! Function calls: [`RealtimeSimConfig::tool_calls`] scripts a function
+//! call at the end of the n-th response (emitted only when the session
+//! declares a function tool of that name, as a real model can only call
+//! declared tools); `function_call_output` items must name a function call
+//! of the conversation (`invalid_tool_call_id` otherwise).
+//!
+//! SIP: [`crate::sip::SipConnector`] runs this server with a SIP side: a
+//! `?call_id=` upgrade then attaches a *sideband* to an accepted call: no
+//! audio on the socket (audio flows over SIP), the caller's speech and DTMF
+//! come from the call's script, and `output_audio_buffer.*` events mark the
+//! playback of each response.
+//!
 //! One task per connection; the only shared mutable state is the event and
 //! connection logs behind mutexes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,7 +40,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use rand::Rng as _;
 use serde_json::{Map, Value, json};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -83,6 +95,74 @@ impl SimReply {
     }
 }
 
+/// A function call the simulated model makes at the end of a response
+/// (see [`RealtimeSimConfig::tool_calls`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimToolCall {
+    /// The function's name; the call is only made when the session's
+    /// `tools` declare a function of that name.
+    pub name: String,
+    /// The arguments. Any JSON value is sent serialized (`{"a":1}` ->
+    /// `"{\"a\":1}"`); a JSON *string* is sent verbatim, which scripts
+    /// malformed arguments (`json!("{not json")`).
+    pub arguments: Value,
+}
+
+impl SimToolCall {
+    pub fn new(name: impl Into<String>, arguments: Value) -> Self {
+        SimToolCall {
+            name: name.into(),
+            arguments,
+        }
+    }
+
+    /// The `arguments` string as sent on the wire.
+    pub fn arguments_string(&self) -> String {
+        match &self.arguments {
+            Value::String(s) => s.clone(),
+            v => v.to_string(),
+        }
+    }
+}
+
+/// A function call the simulated model made (see [`RealtimeSim::function_calls`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimFunctionCall {
+    pub conn: u64,
+    /// The SIP call, for a sideband connection.
+    pub sip_call_id: Option<String>,
+    /// Which response of the connection (from 0).
+    pub response_index: usize,
+    pub response_id: String,
+    pub item_id: String,
+    /// The `call_id` a `function_call_output` must name.
+    pub call_id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A scripted function call that was not made because the session did not
+/// allow it (see [`RealtimeSim::tool_call_misses`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimToolCallMiss {
+    pub conn: u64,
+    pub sip_call_id: Option<String>,
+    pub response_index: usize,
+    pub name: String,
+    /// E.g. `"no function tool named 'end_call' in session.tools (declared: [])"`.
+    pub reason: String,
+}
+
+/// A `function_call_output` item the client created (see [`RealtimeSim::tool_outputs`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimToolOutput {
+    pub conn: u64,
+    pub sip_call_id: Option<String>,
+    pub call_id: String,
+    pub item_id: String,
+    pub output: String,
+}
+
 /// Failure injection.
 #[derive(Debug, Clone, Default)]
 pub struct SimFaults {
@@ -112,6 +192,12 @@ pub struct RealtimeSimConfig {
     /// The n-th response of a connection speaks `replies[n]` (the last one
     /// repeats).
     pub replies: Vec<SimReply>,
+    /// Response n (from 0, per connection) ends with this function call,
+    /// after speaking `replies[n]`. A reply with empty text and 0 ms makes a
+    /// response with the function call as its only output item. Not
+    /// repeated: only the listed responses call a function. Empty by
+    /// default; see [`RealtimeSimConfig::with_tool_call`].
+    pub tool_calls: BTreeMap<usize, SimToolCall>,
     /// Audio per `response.output_audio.delta`, in ms (default 100).
     pub delta_ms: u32,
     /// Audio is streamed at `speed` x real time (default 4.0; the real API
@@ -160,6 +246,7 @@ impl Default for RealtimeSimConfig {
                 ),
                 SimReply::new("You're welcome. Have a nice day, goodbye!", 1_800),
             ],
+            tool_calls: BTreeMap::new(),
             delta_ms: 100,
             speed: 4.0,
             first_delta_delay_ms: 150,
@@ -169,6 +256,20 @@ impl Default for RealtimeSimConfig {
             faults: SimFaults::default(),
             probe: None,
         }
+    }
+}
+
+impl RealtimeSimConfig {
+    /// Script a function call at the end of response `response` (from 0).
+    pub fn with_tool_call(
+        mut self,
+        response: usize,
+        name: impl Into<String>,
+        arguments: Value,
+    ) -> Self {
+        self.tool_calls
+            .insert(response, SimToolCall::new(name, arguments));
+        self
     }
 }
 
@@ -216,6 +317,22 @@ pub enum SimNotice {
         conn: u64,
         event_type: String,
     },
+    /// The model called a function (`response.output_item.done` sent).
+    FunctionCall {
+        conn: u64,
+        call_id: String,
+        name: String,
+    },
+    /// A scripted function call was not made (see [`SimToolCallMiss`]).
+    ToolCallMissed {
+        conn: u64,
+        name: String,
+    },
+    /// The client sent a valid `function_call_output`.
+    ToolOutput {
+        conn: u64,
+        call_id: String,
+    },
 }
 
 struct Shared {
@@ -225,9 +342,19 @@ struct Shared {
     notices: broadcast::Sender<SimNotice>,
     record: Option<Mutex<std::fs::File>>,
     next_conn: AtomicU64,
+    tools: Mutex<ToolLog>,
+    /// The SIP connector's side, when run by [`crate::sip::SipConnector`].
+    sip: Option<Arc<dyn SidebandHost>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+#[derive(Default)]
+struct ToolLog {
+    calls: Vec<SimFunctionCall>,
+    misses: Vec<SimToolCallMiss>,
+    outputs: Vec<SimToolOutput>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -272,6 +399,7 @@ pub struct RealtimeSim {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     acceptor: tokio::task::JoinHandle<()>,
+    http: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RealtimeSim {
@@ -286,6 +414,26 @@ impl RealtimeSim {
         addr: impl tokio::net::ToSocketAddrs,
         cfg: RealtimeSimConfig,
     ) -> std::io::Result<RealtimeSim> {
+        Self::start_inner(addr, cfg, None).await
+    }
+
+    /// Start with a SIP side: `?call_id=` upgrades attach to `host`'s calls,
+    /// and every request that is not a `GET /v1/realtime` upgrade is served
+    /// by `http` (the Calls REST API) on the same port.
+    pub(crate) async fn start_with_sip(
+        addr: impl tokio::net::ToSocketAddrs,
+        cfg: RealtimeSimConfig,
+        host: Arc<dyn SidebandHost>,
+        http: axum::Router,
+    ) -> std::io::Result<RealtimeSim> {
+        Self::start_inner(addr, cfg, Some((host, http))).await
+    }
+
+    async fn start_inner(
+        addr: impl tokio::net::ToSocketAddrs,
+        cfg: RealtimeSimConfig,
+        sip: Option<(Arc<dyn SidebandHost>, axum::Router)>,
+    ) -> std::io::Result<RealtimeSim> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let record = match &cfg.record_path {
@@ -298,6 +446,10 @@ impl RealtimeSim {
             None => None,
         };
         let (notices, _) = broadcast::channel(4096);
+        let (host, router) = match sip {
+            Some((h, r)) => (Some(h), Some(r)),
+            None => (None, None),
+        };
         let shared = Arc::new(Shared {
             cfg,
             events: Mutex::new(Vec::new()),
@@ -305,14 +457,33 @@ impl RealtimeSim {
             notices,
             record,
             next_conn: AtomicU64::new(0),
+            tools: Mutex::new(ToolLog::default()),
+            sip: host,
         });
         let (stop, stop_rx) = watch::channel(false);
-        let acceptor = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        let (http, http_tx) = match router {
+            Some(router) => {
+                let (tx, rx) = mpsc::channel(64);
+                let listener = ChanListener { rx, addr };
+                let mut stop_http = stop_rx.clone();
+                let task = tokio::spawn(async move {
+                    let _ = axum::serve(listener, router)
+                        .with_graceful_shutdown(async move {
+                            let _ = stop_http.wait_for(|s| *s).await;
+                        })
+                        .await;
+                });
+                (Some(task), Some(tx))
+            }
+            None => (None, None),
+        };
+        let acceptor = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx, http_tx));
         Ok(RealtimeSim {
             addr,
             shared,
             stop,
             acceptor,
+            http,
         })
     }
 
@@ -345,6 +516,22 @@ impl RealtimeSim {
         lock(&self.shared.conns).clone()
     }
 
+    /// Every function call the model made (all connections, in order).
+    pub fn function_calls(&self) -> Vec<SimFunctionCall> {
+        lock(&self.shared.tools).calls.clone()
+    }
+
+    /// Scripted function calls that were not made (tool not declared, or
+    /// `tool_choice: "none"`).
+    pub fn tool_call_misses(&self) -> Vec<SimToolCallMiss> {
+        lock(&self.shared.tools).misses.clone()
+    }
+
+    /// Every accepted `function_call_output` item (all connections, in order).
+    pub fn tool_outputs(&self) -> Vec<SimToolOutput> {
+        lock(&self.shared.tools).outputs.clone()
+    }
+
     /// Live notices from now on.
     pub fn notices(&self) -> broadcast::Receiver<SimNotice> {
         self.shared.notices.subscribe()
@@ -354,6 +541,144 @@ impl RealtimeSim {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.acceptor.await;
+        if let Some(mut http) = self.http
+            && tokio::time::timeout(Duration::from_secs(2), &mut http)
+                .await
+                .is_err()
+        {
+            http.abort();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The SIP side (crate-private; see `crate::sip`)
+// ---------------------------------------------------------------------------
+
+/// What the SIP connector provides to sideband connections.
+pub(crate) trait SidebandHost: Send + Sync + 'static {
+    /// A `?call_id=` upgrade: the call's session and command channel, or the
+    /// HTTP refusal (status, OpenAI error JSON).
+    fn attach(&self, call_id: &str) -> Result<SidebandAttach, (StatusCode, Value)>;
+    /// The sideband connection `token` closed.
+    fn detached(&self, call_id: &str, token: u64);
+    /// A client event received on a sideband connection.
+    fn client_event(&self, call_id: &str, ev: &Value);
+    /// A server event sent on a sideband connection.
+    fn server_event(&self, call_id: &str, ev: &Value);
+}
+
+/// A sideband connection's link to its call.
+pub(crate) struct SidebandAttach {
+    pub call_id: String,
+    pub token: u64,
+    /// The effective session (from the accept body).
+    pub session: Value,
+    pub cmds: mpsc::UnboundedReceiver<SidebandCmd>,
+    pub progress: Arc<watch::Sender<CallProgress>>,
+}
+
+/// What the simulated caller (the SIP leg) does, sent to sideband connections.
+#[derive(Debug, Clone)]
+pub(crate) enum SidebandCmd {
+    /// The caller starts talking.
+    SpeechStarted,
+    /// The caller stops talking; the turn's transcript.
+    SpeechStopped { transcript: String },
+    /// A keypad press.
+    Dtmf { digit: String },
+    /// The call is over: close the socket (code 1000) with this reason.
+    End { reason: &'static str },
+}
+
+/// Per-call progress, for the caller script's waits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CallProgress {
+    /// Sideband upgrades accepted so far.
+    pub attaches: u32,
+    /// Responses finished (completed or cancelled), all sidebands.
+    pub responses_done: u64,
+    /// Responses in progress, all sidebands.
+    pub responses_active: u32,
+}
+
+/// Feeds the HTTP connections the acceptor classified as non-WebSocket to
+/// `axum::serve`.
+struct ChanListener {
+    rx: mpsc::Receiver<TcpStream>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for ChanListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            match self.rx.recv().await {
+                Some(s) => {
+                    let peer = s.peer_addr().unwrap_or(self.addr);
+                    return (s, peer);
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
+/// Whether a new connection starts with `GET /v1/realtime` (then `?` or a
+/// space): the Realtime WebSocket, as opposed to a REST request.
+async fn wants_websocket(stream: &TcpStream) -> bool {
+    const WS: &[u8] = b"GET /v1/realtime";
+    let mut buf = [0u8; 17];
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        let k = n.min(WS.len());
+        if buf[..k] != WS[..k] {
+            return false;
+        }
+        if n > WS.len() {
+            return matches!(buf[WS.len()], b'?' | b' ');
+        }
+        if Instant::now() > give_up {
+            return false;
+        }
+        // `peek` returns at once while the request line is incomplete.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The OpenAI error body of a failed bearer check, if any.
+pub(crate) fn check_bearer(authorization: Option<&str>, expected: Option<&str>) -> Option<Value> {
+    let expected = expected?;
+    match authorization {
+        None => Some(
+            json!({"error": {"message": "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.",
+            "type": "invalid_request_error", "param": null, "code": null}}),
+        ),
+        Some(v) => {
+            let key = v.strip_prefix("Bearer ").unwrap_or("");
+            if key == expected {
+                return None;
+            }
+            let shown: String = if key.len() > 8 {
+                format!("{}*****", key.chars().take(3).collect::<String>())
+            } else {
+                "*****".to_string()
+            };
+            Some(
+                json!({"error": {"message": format!("Incorrect API key provided: {shown}. You can find your API key at https://platform.openai.com/account/api-keys."),
+                "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}),
+            )
+        }
     }
 }
 
@@ -361,7 +686,12 @@ impl RealtimeSim {
 // Accepting
 // ---------------------------------------------------------------------------
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    http: Option<mpsc::Sender<TcpStream>>,
+) {
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
@@ -374,7 +704,21 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
             acc = listener.accept() => match acc {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    tasks.spawn(handle_socket(stream, shared.clone(), stop.clone()));
+                    match &http {
+                        None => {
+                            tasks.spawn(handle_socket(stream, shared.clone(), stop.clone()));
+                        }
+                        Some(http) => {
+                            let (http, shared, stop) = (http.clone(), shared.clone(), stop.clone());
+                            tasks.spawn(async move {
+                                if wants_websocket(&stream).await {
+                                    handle_socket(stream, shared, stop).await;
+                                } else {
+                                    let _ = http.send(stream).await;
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "realtime sim: accept failed");
@@ -397,6 +741,7 @@ struct Handshake {
     model: Option<String>,
     call_id: Option<String>,
     beta: bool,
+    sideband: Option<SidebandAttach>,
 }
 
 fn http_error(status: StatusCode, body: Value) -> ErrorResponse {
@@ -414,6 +759,7 @@ fn http_error(status: StatusCode, body: Value) -> ErrorResponse {
 fn check_upgrade(
     req: &Request,
     api_key: Option<&str>,
+    sip: Option<&dyn SidebandHost>,
     hs: &mut Handshake,
 ) -> Result<(), ErrorResponse> {
     if req.uri().path() != REALTIME_PATH {
@@ -423,35 +769,12 @@ fn check_upgrade(
                 "type": "invalid_request_error", "param": null, "code": null}}),
         ));
     }
-    if let Some(expected) = api_key {
-        let got = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        match got {
-            None => {
-                return Err(http_error(
-                    StatusCode::UNAUTHORIZED,
-                    json!({"error": {"message": "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.",
-                        "type": "invalid_request_error", "param": null, "code": null}}),
-                ));
-            }
-            Some(v) => {
-                let key = v.strip_prefix("Bearer ").unwrap_or("");
-                if key != expected {
-                    let shown: String = if key.len() > 8 {
-                        format!("{}*****", key.chars().take(3).collect::<String>())
-                    } else {
-                        "*****".to_string()
-                    };
-                    return Err(http_error(
-                        StatusCode::UNAUTHORIZED,
-                        json!({"error": {"message": format!("Incorrect API key provided: {shown}. You can find your API key at https://platform.openai.com/account/api-keys."),
-                            "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}),
-                    ));
-                }
-            }
-        }
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Some(body) = check_bearer(auth, api_key) {
+        return Err(http_error(StatusCode::UNAUTHORIZED, body));
     }
     if let Some(q) = req.uri().query() {
         for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
@@ -463,6 +786,12 @@ fn check_upgrade(
         }
     }
     hs.beta = req.headers().contains_key("openai-beta");
+    if let (Some(sip), Some(call_id), false) = (sip, hs.call_id.as_deref(), hs.beta) {
+        match sip.attach(call_id) {
+            Ok(a) => hs.sideband = Some(a),
+            Err((status, body)) => return Err(http_error(status, body)),
+        }
+    }
     Ok(())
 }
 
@@ -474,8 +803,9 @@ async fn handle_socket(stream: TcpStream, shared: Arc<Shared>, stop: watch::Rece
     }
     let mut hs = Handshake::default();
     let api_key = shared.cfg.api_key.clone();
+    let sip = shared.sip.clone();
     let cb = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        check_upgrade(req, api_key.as_deref(), &mut hs).map(|()| resp)
+        check_upgrade(req, api_key.as_deref(), sip.as_deref(), &mut hs).map(|()| resp)
     };
     let ws = match tokio::time::timeout(
         Duration::from_secs(10),
@@ -505,7 +835,7 @@ async fn handle_socket(stream: TcpStream, shared: Arc<Shared>, stop: watch::Rece
     let reason = if hs.beta {
         reject_beta(ws, &shared, conn).await
     } else {
-        let c = Conn::new(conn, opened, shared.clone(), &hs);
+        let c = Conn::new(conn, opened, shared.clone(), &mut hs);
         c.run(ws, stop).await
     };
     shared.set_closed(conn, reason);
@@ -549,7 +879,7 @@ async fn close_ws(mut ws: WebSocketStream<TcpStream>, code: u16, reason: &'stati
 // Ids, audio formats, synthetic speech
 // ---------------------------------------------------------------------------
 
-fn new_id(prefix: &str) -> String {
+pub(crate) fn new_id(prefix: &str) -> String {
     let mut rng = rand::rng();
     let mut s = String::with_capacity(prefix.len() + 21);
     s.push_str(prefix);
@@ -683,7 +1013,7 @@ fn server_vad_default() -> Value {
         "create_response": true, "interrupt_response": true})
 }
 
-fn default_session(model: &str) -> Value {
+pub(crate) fn default_session(model: &str) -> Value {
     let expires = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -720,37 +1050,37 @@ fn default_session(model: &str) -> Value {
     })
 }
 
-/// An error to report as an `error` event.
+/// An error to report as an `error` event (or a 400 body).
 #[derive(Debug)]
-struct ApiError {
-    code: &'static str,
-    message: String,
-    param: Option<String>,
+pub(crate) struct ApiError {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+    pub(crate) param: Option<String>,
 }
 
 impl ApiError {
-    fn new(code: &'static str, message: impl Into<String>, param: Option<&str>) -> Self {
+    pub(crate) fn new(code: &'static str, message: impl Into<String>, param: Option<&str>) -> Self {
         ApiError {
             code,
             message: message.into(),
             param: param.map(str::to_string),
         }
     }
-    fn missing(param: &str) -> Self {
+    pub(crate) fn missing(param: &str) -> Self {
         Self::new(
             "missing_required_parameter",
             format!("Missing required parameter: '{param}'."),
             Some(param),
         )
     }
-    fn unknown(param: &str) -> Self {
+    pub(crate) fn unknown(param: &str) -> Self {
         Self::new(
             "unknown_parameter",
             format!("Unknown parameter: '{param}'."),
             Some(param),
         )
     }
-    fn invalid_type(param: &str, expected: &str, got: &Value) -> Self {
+    pub(crate) fn invalid_type(param: &str, expected: &str, got: &Value) -> Self {
         Self::new(
             "invalid_type",
             format!(
@@ -958,7 +1288,11 @@ fn validate_turn_detection(v: &Value, path: &str) -> Result<Value, ApiError> {
 
 /// Validate a `session.update`'s `session` and apply it to `current`.
 /// Returns the new effective session; `current` is untouched on error.
-fn apply_session_update(current: &Value, s: &Value, voice_locked: bool) -> Result<Value, ApiError> {
+pub(crate) fn apply_session_update(
+    current: &Value,
+    s: &Value,
+    voice_locked: bool,
+) -> Result<Value, ApiError> {
     let s = as_obj(s, "session")?;
     match s.get("type") {
         None | Some(Value::Null) => return Err(ApiError::missing("session.type")),
@@ -1021,9 +1355,7 @@ fn apply_session_update(current: &Value, s: &Value, voice_locked: bool) -> Resul
                 nobj.insert(k.clone(), v.clone());
             }
             "tools" => {
-                if !v.is_array() {
-                    return Err(ApiError::invalid_type("session.tools", "an array", v));
-                }
+                validate_tools(v)?;
                 nobj.insert(k.clone(), v.clone());
             }
             _ => {
@@ -1134,6 +1466,41 @@ fn apply_session_update(current: &Value, s: &Value, voice_locked: bool) -> Resul
     Ok(next)
 }
 
+/// `session.tools`: an array of `function` (with a string `name`) or `mcp` tools.
+fn validate_tools(v: &Value) -> Result<(), ApiError> {
+    let tools = v
+        .as_array()
+        .ok_or_else(|| ApiError::invalid_type("session.tools", "an array", v))?;
+    for (i, t) in tools.iter().enumerate() {
+        let path = format!("session.tools[{i}]");
+        let o = as_obj(t, &path)?;
+        let tpath = format!("{path}.type");
+        let ty = o.get("type").ok_or_else(|| ApiError::missing(&tpath))?;
+        match ty.as_str() {
+            Some("function") => {
+                check_keys(o, &["type", "name", "description", "parameters"], &path)?;
+                let npath = format!("{path}.name");
+                let name = o.get("name").ok_or_else(|| ApiError::missing(&npath))?;
+                if !name.is_string() {
+                    return Err(ApiError::invalid_type(&npath, "a string", name));
+                }
+                if let Some(p) = o.get("parameters")
+                    && !p.is_object()
+                {
+                    return Err(ApiError::invalid_type(
+                        &format!("{path}.parameters"),
+                        "an object",
+                        p,
+                    ));
+                }
+            }
+            Some("mcp") => {}
+            _ => return Err(ApiError::invalid_value(&tpath, ty, &["function", "mcp"])),
+        }
+    }
+    Ok(())
+}
+
 fn set_path(root: &mut Value, path: &[&str], v: Value) {
     let mut cur = root;
     for (i, k) in path.iter().enumerate() {
@@ -1196,6 +1563,15 @@ struct Active {
     voice: Value,
     voice_pos_ms: u64,
     input_tokens: (u64, u64), // (text, audio)
+    /// Which response of the connection (from 0).
+    index: usize,
+    /// Whether the response has a message item (speech); a response with
+    /// only a function call has none.
+    has_message: bool,
+    /// The function call made after the speech, if any.
+    tool: Option<SimToolCall>,
+    /// Sideband: `output_audio_buffer.started` sent, and not cleared since.
+    playing: bool,
 }
 
 impl Active {
@@ -1212,11 +1588,22 @@ impl Active {
     }
 }
 
+/// A sideband connection's call.
+struct Sideband {
+    call_id: String,
+    token: u64,
+    host: Arc<dyn SidebandHost>,
+    progress: Arc<watch::Sender<CallProgress>>,
+    cmds: Option<mpsc::UnboundedReceiver<SidebandCmd>>,
+}
+
 struct Conn {
     id: u64,
     opened: Instant,
     shared: Arc<Shared>,
     sip: bool,
+    /// Set when this is a SIP call's sideband (run by the SIP connector).
+    sideband: Option<Sideband>,
     session: Value,
     out: Vec<Value>,
     // input side
@@ -1231,8 +1618,12 @@ struct Conn {
     speech_start_ms: u64,
     silence_run_ms: u64,
     pending_user_item: Option<String>,
+    /// The transcript of the next committed user turn (sideband speech).
+    next_transcript: Option<String>,
     // conversation
     items: HashMap<String, Item>,
+    /// `call_id`s of the function call items in the conversation.
+    function_call_ids: HashSet<String>,
     order: Vec<String>,
     user_turns: usize,
     responses: usize,
@@ -1263,6 +1654,13 @@ fn later(base: Instant, d: Duration) -> Instant {
     base.checked_add(d.min(cap)).unwrap_or(base)
 }
 
+async fn recv_opt<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
@@ -1271,15 +1669,28 @@ async fn sleep_until_opt(t: Option<Instant>) {
 }
 
 impl Conn {
-    fn new(id: u64, opened: Instant, shared: Arc<Shared>, hs: &Handshake) -> Conn {
+    fn new(id: u64, opened: Instant, shared: Arc<Shared>, hs: &mut Handshake) -> Conn {
         let model = hs.model.as_deref().unwrap_or(DEFAULT_MODEL);
-        let session = default_session(model);
+        let (session, sideband) = match (hs.sideband.take(), &shared.sip) {
+            (Some(a), Some(host)) => (
+                a.session,
+                Some(Sideband {
+                    call_id: a.call_id,
+                    token: a.token,
+                    host: host.clone(),
+                    progress: a.progress,
+                    cmds: Some(a.cmds),
+                }),
+            ),
+            _ => (default_session(model), None),
+        };
         let probe = shared.cfg.probe.clone();
         let mut c = Conn {
             id,
             opened,
             shared,
             sip: hs.call_id.is_some(),
+            sideband,
             session,
             out: Vec::new(),
             in_fmt: Fmt::Pcm24,
@@ -1293,7 +1704,9 @@ impl Conn {
             speech_start_ms: 0,
             silence_run_ms: 0,
             pending_user_item: None,
+            next_transcript: None,
             items: HashMap::new(),
+            function_call_ids: HashSet::new(),
             order: Vec::new(),
             user_turns: 0,
             responses: 0,
@@ -1360,6 +1773,15 @@ impl Conn {
         self.out.push(ev);
     }
 
+    /// An event whose model has no `event_id` (`input_audio_buffer.dtmf_event_received`).
+    fn emit_raw(&mut self, ev: Value) {
+        self.out.push(ev);
+    }
+
+    fn sip_call_id(&self) -> Option<String> {
+        self.sideband.as_ref().map(|s| s.call_id.clone())
+    }
+
     fn error(&mut self, e: ApiError, client_event_id: Option<&str>) {
         self.emit(json!({
             "type": "error",
@@ -1392,9 +1814,15 @@ impl Conn {
             .error_after_ms
             .map(|ms| later(self.opened, Duration::from_millis(ms)));
         let mut server_close: Option<(u16, &'static str)> = None;
+        let mut cmds = self.sideband.as_mut().and_then(|s| s.cmds.take());
         let reason = loop {
             if !self.out.is_empty() {
                 let mut failed = false;
+                if let Some(sb) = &self.sideband {
+                    for ev in &self.out {
+                        sb.host.server_event(&sb.call_id, ev);
+                    }
+                }
                 for ev in self.out.drain(..) {
                     if tx.feed(Message::text(ev.to_string())).await.is_err() {
                         failed = true;
@@ -1428,6 +1856,13 @@ impl Conn {
                     self.step_response();
                     Exit::Continue
                 }
+                Some(cmd) = recv_opt(&mut cmds) => match self.on_sideband_cmd(cmd) {
+                    Some(why) => {
+                        server_close = Some((1000, why));
+                        Exit::Close(format!("sip: {why}"))
+                    }
+                    None => Exit::Continue,
+                },
                 _ = sleep_until_opt(close_at) => {
                     server_close = Some((1011, "simulated server failure"));
                     Exit::Close("fault: close_after_ms".to_string())
@@ -1451,9 +1886,21 @@ impl Conn {
             }
         };
         // Stop everything: the active response just goes away with the task.
-        self.active = None;
+        if self.active.take().is_some()
+            && let Some(sb) = &self.sideband
+        {
+            sb.progress.send_modify(|p| {
+                p.responses_active = p.responses_active.saturating_sub(1);
+            });
+        }
         self.probe_closed();
         self.shared.set_closed(self.id, reason.clone());
+        if let Some(sb) = &self.sideband {
+            for ev in &self.out {
+                sb.host.server_event(&sb.call_id, ev);
+            }
+            sb.host.detached(&sb.call_id, sb.token);
+        }
         if let Some((code, why)) = server_close {
             for ev in self.out.drain(..) {
                 let _ = tx.feed(Message::text(ev.to_string())).await;
@@ -1498,6 +1945,9 @@ impl Conn {
             }
         };
         self.shared.record(self.id, self.opened, &ev);
+        if let Some(sb) = &self.sideband {
+            sb.host.client_event(&sb.call_id, &ev);
+        }
         let Some(obj) = ev.as_object() else {
             self.error(ApiError::invalid_type("", "an object", &ev), None);
             return;
@@ -1548,6 +1998,11 @@ impl Conn {
         }
         let r = match ty {
             "session.update" => self.on_session_update(obj),
+            "input_audio_buffer.append" if self.sideband.is_some() => Err(ApiError::new(
+                "invalid_value",
+                "input_audio_buffer.append is not supported on a SIP call's sideband connection: the caller's audio arrives over SIP.",
+                Some("type"),
+            )),
             "input_audio_buffer.append" => self.on_append(obj),
             "input_audio_buffer.clear" => {
                 self.carry.clear();
@@ -1561,7 +2016,10 @@ impl Conn {
             "input_audio_buffer.commit" => self.on_commit(),
             "output_audio_buffer.clear" => {
                 if self.sip {
-                    let rid = self.active.as_ref().map(|a| a.id.clone());
+                    let rid = self.active.as_mut().map(|a| {
+                        a.playing = false;
+                        a.id.clone()
+                    });
                     self.emit(json!({"type": "output_audio_buffer.cleared", "response_id": rid}));
                     Ok(())
                 } else {
@@ -1589,6 +2047,11 @@ impl Conn {
         let s = obj
             .get("session")
             .ok_or_else(|| ApiError::missing("session"))?;
+        if self.sideband.is_some()
+            && let Some(param) = crate::sip::forbidden_sip_field(s)
+        {
+            return Err(ApiError::unknown(&param));
+        }
         let mut next = apply_session_update(&self.session, s, self.assistant_audio_sent)?;
         if let Some(f) = &self.shared.cfg.faults.force_output_format {
             set_path(&mut next, &["audio", "output", "format"], f.clone());
@@ -1826,10 +2289,11 @@ impl Conn {
             .pointer("/audio/input/transcription")
             .is_some_and(|t| !t.is_null());
         let ts = &self.shared.cfg.caller_transcripts;
-        let transcript = ts
-            .get(n.min(ts.len().saturating_sub(1)))
-            .cloned()
-            .unwrap_or_else(|| "(inaudible)".to_string());
+        let transcript = self.next_transcript.take().unwrap_or_else(|| {
+            ts.get(n.min(ts.len().saturating_sub(1)))
+                .cloned()
+                .unwrap_or_else(|| "(inaudible)".to_string())
+        });
         self.text_tokens_in += (transcript.len() as u64 / 4).max(1);
         if transcribe {
             if let Some(it) = self.items.get_mut(&item_id)
@@ -1887,11 +2351,20 @@ impl Conn {
                 }
             }
             Some("function_call_output") => {
-                if !io.get("call_id").is_some_and(Value::is_string) {
+                let Some(call_id) = io.get("call_id").and_then(Value::as_str) else {
                     return Err(ApiError::missing("item.call_id"));
-                }
+                };
                 if !io.get("output").is_some_and(Value::is_string) {
                     return Err(ApiError::missing("item.output"));
+                }
+                // The server checks that a function_call item with this
+                // call_id exists in the conversation.
+                if !self.function_call_ids.contains(call_id) {
+                    return Err(ApiError::new(
+                        "invalid_tool_call_id",
+                        format!("Tool call ID '{call_id}' not found in conversation."),
+                        None,
+                    ));
                 }
             }
             Some("function_call") => {
@@ -1949,6 +2422,34 @@ impl Conn {
         self.emit(
             json!({"type": "conversation.item.done", "previous_item_id": prev, "item": item}),
         );
+        let call_id = item
+            .get("call_id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        match (t.as_str(), call_id) {
+            (Some("function_call"), Some(call_id)) => {
+                self.function_call_ids.insert(call_id);
+            }
+            (Some("function_call_output"), Some(call_id)) => {
+                let output = item
+                    .get("output")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                lock(&self.shared.tools).outputs.push(SimToolOutput {
+                    conn: self.id,
+                    sip_call_id: self.sip_call_id(),
+                    call_id: call_id.clone(),
+                    item_id: id.clone(),
+                    output,
+                });
+                self.shared.notify(SimNotice::ToolOutput {
+                    conn: self.id,
+                    call_id,
+                });
+            }
+            _ => {}
+        }
         self.add_item(&id, ItemKind::Other, item);
         Ok(())
     }
@@ -2093,6 +2594,49 @@ impl Conn {
 
     // ---- responses ----
 
+    /// The function call response `n` makes, if scripted and allowed by the
+    /// session; a scripted call the session does not allow is recorded as a
+    /// miss (the real model cannot call an undeclared tool).
+    fn plan_tool_call(&mut self, n: usize) -> Option<SimToolCall> {
+        let tc = self.shared.cfg.tool_calls.get(&n)?.clone();
+        let declared: Vec<&str> = self
+            .session
+            .get("tools")
+            .and_then(Value::as_array)
+            .map(|ts| {
+                ts.iter()
+                    .filter(|t| t.get("type").and_then(Value::as_str) == Some("function"))
+                    .filter_map(|t| t.get("name").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let reason = if self.session.get("tool_choice").and_then(Value::as_str) == Some("none") {
+            Some("session.tool_choice is \"none\"".to_string())
+        } else if !declared.contains(&tc.name.as_str()) {
+            Some(format!(
+                "no function tool named '{}' in session.tools (declared: {declared:?})",
+                tc.name
+            ))
+        } else {
+            None
+        };
+        let Some(reason) = reason else {
+            return Some(tc);
+        };
+        lock(&self.shared.tools).misses.push(SimToolCallMiss {
+            conn: self.id,
+            sip_call_id: self.sip_call_id(),
+            response_index: n,
+            name: tc.name.clone(),
+            reason,
+        });
+        self.shared.notify(SimNotice::ToolCallMissed {
+            conn: self.id,
+            name: tc.name,
+        });
+        None
+    }
+
     fn start_response(&mut self, instructions: Option<String>) {
         let n = self.responses;
         self.responses += 1;
@@ -2113,8 +2657,14 @@ impl Conn {
             Instant::now(),
             Duration::from_millis(cfg.first_delta_delay_ms),
         );
-        let words: Vec<String> = reply
-            .text
+        let tool = self.plan_tool_call(n);
+        let has_message = tool.is_none() || !reply.text.trim().is_empty() || reply.audio_ms > 0;
+        let (text, audio_ms) = if has_message {
+            (reply.text.as_str(), reply.audio_ms)
+        } else {
+            ("", 0)
+        };
+        let words: Vec<String> = text
             .split_whitespace()
             .enumerate()
             .map(|(i, w)| {
@@ -2156,10 +2706,10 @@ impl Conn {
             item_id: new_id("item_"),
             words,
             words_sent: 0,
-            total_ms: reply.audio_ms,
+            total_ms: audio_ms,
             sent_ms: 0,
             deltas_sent: 0,
-            n_deltas: reply.audio_ms.div_ceil(delta_ms),
+            n_deltas: audio_ms.div_ceil(delta_ms),
             first_at,
             per_delta,
             fmt: Fmt::of(Some(&format)),
@@ -2167,36 +2717,48 @@ impl Conn {
             voice,
             voice_pos_ms: self.voice_pos_ms,
             input_tokens: (text_in, audio_in),
+            index: n,
+            has_message,
+            tool,
+            playing: false,
         };
-        let prev = self.last_item();
-        let item = json!({"id": a.item_id, "object": "realtime.item", "type": "message",
-            "status": "in_progress", "role": "assistant", "content": []});
         self.emit(json!({"type": "response.created", "response": {
             "object": "realtime.response", "id": a.id, "status": "in_progress",
             "status_details": null, "output": [], "conversation_id": null,
             "output_modalities": modalities, "max_output_tokens": max_tokens,
             "audio": {"output": {"format": a.format, "voice": a.voice}},
             "usage": null, "metadata": null}}));
-        self.emit(
-            json!({"type": "response.output_item.added", "response_id": a.id,
-            "output_index": 0, "item": item}),
-        );
-        self.emit(
-            json!({"type": "conversation.item.added", "previous_item_id": prev, "item": item}),
-        );
-        self.emit(
-            json!({"type": "response.content_part.added", "response_id": a.id,
-            "item_id": a.item_id, "output_index": 0, "content_index": 0,
-            "part": {"type": "audio", "transcript": ""}}),
-        );
-        self.add_item(&a.item_id, ItemKind::AssistantAudio { audio_ms: 0 }, item);
+        if a.has_message {
+            let prev = self.last_item();
+            let item = json!({"id": a.item_id, "object": "realtime.item", "type": "message",
+                "status": "in_progress", "role": "assistant", "content": []});
+            self.emit(
+                json!({"type": "response.output_item.added", "response_id": a.id,
+                "output_index": 0, "item": item}),
+            );
+            self.emit(
+                json!({"type": "conversation.item.added", "previous_item_id": prev, "item": item}),
+            );
+            self.emit(
+                json!({"type": "response.content_part.added", "response_id": a.id,
+                "item_id": a.item_id, "output_index": 0, "content_index": 0,
+                "part": {"type": "audio", "transcript": ""}}),
+            );
+            self.add_item(&a.item_id, ItemKind::AssistantAudio { audio_ms: 0 }, item);
+        }
         self.active = Some(a);
+        if let Some(sb) = &self.sideband {
+            sb.progress.send_modify(|p| p.responses_active += 1);
+        }
     }
 
     /// Called when the active response's deadline passes: one more delta,
-    /// and the closing events after the last one.
+    /// and the closing events after the last one. On a sideband the audio
+    /// goes over SIP: the same timeline, without audio deltas, and
+    /// `output_audio_buffer.started` at the first one.
     fn step_response(&mut self) {
         let delta_ms = self.shared.cfg.delta_ms.max(1);
+        let no_audio = self.sideband.is_some();
         let Some(a) = self.active.as_mut() else {
             return;
         };
@@ -2205,13 +2767,21 @@ impl Conn {
             return;
         }
         let ms = delta_ms.min(a.total_ms - a.sent_ms);
-        let mut chunk = voice_chunk(a.fmt, a.voice_pos_ms, ms);
-        if self.probe.is_some() {
+        let start_playing = no_audio && a.deltas_sent == 0;
+        let mut chunk = if no_audio {
+            Vec::new()
+        } else {
+            voice_chunk(a.fmt, a.voice_pos_ms, ms)
+        };
+        if self.probe.is_some() && !no_audio {
             if a.deltas_sent == 0 && chunk.len() >= probe::DOWNLINK_TAG_LEN {
                 probe::write_downlink_tag(&mut chunk, probe::now_us());
                 self.tagged_responses += 1;
             }
             self.delta_bytes += chunk.len() as u64;
+        }
+        if start_playing {
+            a.playing = true;
         }
         a.voice_pos_ms += u64::from(ms);
         a.sent_ms += ms;
@@ -2230,11 +2800,16 @@ impl Conn {
             *audio_ms = sent_ms.max(*audio_ms);
         }
         self.assistant_audio_sent = true;
-        self.emit(
-            json!({"type": "response.output_audio.delta", "response_id": rid,
-            "item_id": iid, "output_index": 0, "content_index": 0,
-            "delta": B64.encode(&chunk)}),
-        );
+        if start_playing {
+            self.emit(json!({"type": "output_audio_buffer.started", "response_id": rid}));
+        }
+        if !no_audio {
+            self.emit(
+                json!({"type": "response.output_audio.delta", "response_id": rid,
+                "item_id": iid, "output_index": 0, "content_index": 0,
+                "delta": B64.encode(&chunk)}),
+            );
+        }
         for w in new_words {
             self.emit(
                 json!({"type": "response.output_audio_transcript.delta", "response_id": rid,
@@ -2263,16 +2838,72 @@ impl Conn {
             return;
         };
         self.voice_pos_ms = a.voice_pos_ms;
-        let transcript = if cancel_reason.is_some() {
+        let rid = a.id.as_str();
+        if a.playing && cancel_reason.is_some() {
+            // SIP/WebRTC: the interrupted audio is cut off at the phone.
+            self.emit(json!({"type": "output_audio_buffer.cleared", "response_id": rid}));
+        }
+        let mut output = Vec::new();
+        let mut text_out = 0;
+        if a.has_message {
+            let item = self.finish_message(&a, cancel_reason.is_some());
+            text_out += (a.words_sent as u64 * 4).div_ceil(3);
+            output.push(item);
+        }
+        if let (Some(tool), None) = (&a.tool, cancel_reason) {
+            let item = self.emit_function_call(&a, tool, output.len());
+            text_out += (tool.arguments_string().len() as u64 / 4).max(1) + 4;
+            output.push(item);
+        }
+        // Usage: ~10 tokens/s of caller audio in, ~20 tokens/s of audio out.
+        let (text_in, audio_in) = a.input_tokens;
+        let input = text_in + audio_in;
+        let cached = (self.prev_input_tokens / 64 * 64).min(input);
+        let cached_text = cached.min(text_in);
+        let cached_audio = cached - cached_text;
+        let audio_out = u64::from(a.sent_ms) / 50;
+        let output_tokens = audio_out + text_out;
+        self.prev_input_tokens = input + output_tokens;
+        self.text_tokens_in += text_out;
+        let (status, details) = match cancel_reason {
+            Some(r) => ("cancelled", json!({"type": "cancelled", "reason": r})),
+            None => ("completed", Value::Null),
+        };
+        self.emit(json!({"type": "response.done", "response": {
+            "object": "realtime.response", "id": rid, "status": status,
+            "status_details": details, "output": output, "conversation_id": null,
+            "output_modalities": ["audio"], "max_output_tokens": "inf",
+            "audio": {"output": {"format": a.format, "voice": a.voice}},
+            "usage": {
+                "total_tokens": input + output_tokens, "input_tokens": input,
+                "output_tokens": output_tokens,
+                "input_token_details": {"text_tokens": text_in, "audio_tokens": audio_in,
+                    "image_tokens": 0, "cached_tokens": cached,
+                    "cached_tokens_details": {"text_tokens": cached_text,
+                        "audio_tokens": cached_audio, "image_tokens": 0}},
+                "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out}},
+            "metadata": null}}));
+        if a.playing && cancel_reason.is_none() {
+            // Playback runs on the simulator's clock (`speed`), so the
+            // buffer drains as the response completes.
+            self.emit(json!({"type": "output_audio_buffer.stopped", "response_id": rid}));
+        }
+        if let Some(sb) = &self.sideband {
+            sb.progress.send_modify(|p| {
+                p.responses_active = p.responses_active.saturating_sub(1);
+                p.responses_done += 1;
+            });
+        }
+    }
+
+    /// The closing events of the response's message item; returns the item.
+    fn finish_message(&mut self, a: &Active, cancelled: bool) -> Value {
+        let transcript = if cancelled {
             a.transcript_so_far()
         } else {
             a.words.concat()
         };
-        let item_status = if cancel_reason.is_some() {
-            "incomplete"
-        } else {
-            "completed"
-        };
+        let item_status = if cancelled { "incomplete" } else { "completed" };
         let (rid, iid) = (a.id.as_str(), a.item_id.as_str());
         let item = json!({"id": iid, "object": "realtime.item", "type": "message",
             "status": item_status, "role": "assistant",
@@ -2294,47 +2925,134 @@ impl Conn {
             json!({"type": "response.output_item.done", "response_id": rid,
             "output_index": 0, "item": item}),
         );
-        let prev = {
-            let pos = self.order.iter().position(|x| x == iid);
-            match pos {
-                Some(p) if p > 0 => json!(self.order[p - 1]),
-                _ => Value::Null,
-            }
-        };
+        let prev = self.previous_of(iid);
         self.emit(
             json!({"type": "conversation.item.done", "previous_item_id": prev, "item": item}),
         );
         if let Some(it) = self.items.get_mut(iid) {
             it.value = item.clone();
         }
-        // Usage: ~10 tokens/s of caller audio in, ~20 tokens/s of audio out.
-        let (text_in, audio_in) = a.input_tokens;
-        let input = text_in + audio_in;
-        let cached = (self.prev_input_tokens / 64 * 64).min(input);
-        let cached_text = cached.min(text_in);
-        let cached_audio = cached - cached_text;
-        let audio_out = u64::from(a.sent_ms) / 50;
-        let text_out = (a.words_sent as u64 * 4).div_ceil(3);
-        let output = audio_out + text_out;
-        self.prev_input_tokens = input + output;
-        self.text_tokens_in += text_out;
-        let (status, details) = match cancel_reason {
-            Some(r) => ("cancelled", json!({"type": "cancelled", "reason": r})),
-            None => ("completed", Value::Null),
-        };
-        self.emit(json!({"type": "response.done", "response": {
-            "object": "realtime.response", "id": rid, "status": status,
-            "status_details": details, "output": [item], "conversation_id": null,
-            "output_modalities": ["audio"], "max_output_tokens": "inf",
-            "audio": {"output": {"format": a.format, "voice": a.voice}},
-            "usage": {
-                "total_tokens": input + output, "input_tokens": input, "output_tokens": output,
-                "input_token_details": {"text_tokens": text_in, "audio_tokens": audio_in,
-                    "image_tokens": 0, "cached_tokens": cached,
-                    "cached_tokens_details": {"text_tokens": cached_text,
-                        "audio_tokens": cached_audio, "image_tokens": 0}},
-                "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out}},
-            "metadata": null}}));
+        item
+    }
+
+    fn previous_of(&self, id: &str) -> Value {
+        match self.order.iter().position(|x| x == id) {
+            Some(p) if p > 0 => json!(self.order[p - 1]),
+            _ => Value::Null,
+        }
+    }
+
+    /// A function call output item, streamed as the GA API does: item added
+    /// (arguments ""), arguments deltas and done, item done. Returns the
+    /// completed item.
+    fn emit_function_call(&mut self, a: &Active, tool: &SimToolCall, output_index: usize) -> Value {
+        let rid = a.id.as_str();
+        let item_id = new_id("item_");
+        let call_id = new_id("call_");
+        let arguments = tool.arguments_string();
+        let prev = self.last_item();
+        let added = json!({"id": item_id, "object": "realtime.item", "type": "function_call",
+            "status": "in_progress", "name": tool.name, "call_id": call_id, "arguments": ""});
+        self.emit(
+            json!({"type": "response.output_item.added", "response_id": rid,
+            "output_index": output_index, "item": added}),
+        );
+        self.emit(
+            json!({"type": "conversation.item.added", "previous_item_id": prev, "item": added}),
+        );
+        // A few deltas, split on char boundaries.
+        let chars: Vec<char> = arguments.chars().collect();
+        let per = chars.len().div_ceil(3).max(1);
+        for piece in chars.chunks(per) {
+            let delta: String = piece.iter().collect();
+            self.emit(json!({"type": "response.function_call_arguments.delta",
+                "response_id": rid, "item_id": item_id, "output_index": output_index,
+                "call_id": call_id, "delta": delta}));
+        }
+        self.emit(json!({"type": "response.function_call_arguments.done",
+            "response_id": rid, "item_id": item_id, "output_index": output_index,
+            "call_id": call_id, "name": tool.name, "arguments": arguments}));
+        let item = json!({"id": item_id, "object": "realtime.item", "type": "function_call",
+            "status": "completed", "name": tool.name, "call_id": call_id,
+            "arguments": arguments});
+        self.emit(
+            json!({"type": "response.output_item.done", "response_id": rid,
+            "output_index": output_index, "item": item}),
+        );
+        self.emit(
+            json!({"type": "conversation.item.done", "previous_item_id": prev, "item": item}),
+        );
+        self.add_item(&item_id, ItemKind::Other, item.clone());
+        self.function_call_ids.insert(call_id.clone());
+        lock(&self.shared.tools).calls.push(SimFunctionCall {
+            conn: self.id,
+            sip_call_id: self.sip_call_id(),
+            response_index: a.index,
+            response_id: a.id.clone(),
+            item_id,
+            call_id: call_id.clone(),
+            name: tool.name.clone(),
+            arguments,
+        });
+        self.shared.notify(SimNotice::FunctionCall {
+            conn: self.id,
+            call_id,
+            name: tool.name.clone(),
+        });
+        item
+    }
+
+    // ---- the SIP leg (sideband connections) ----
+
+    /// The caller's side of a SIP call. `Some(reason)`: close the socket.
+    fn on_sideband_cmd(&mut self, cmd: SidebandCmd) -> Option<&'static str> {
+        let now_ms = self.opened.elapsed().as_millis() as u64;
+        match cmd {
+            SidebandCmd::SpeechStarted => {
+                self.speech_start_ms = now_ms;
+                let vad = self.vad?;
+                self.in_speech = true;
+                let item_id = new_id("item_");
+                self.pending_user_item = Some(item_id.clone());
+                self.emit(json!({"type": "input_audio_buffer.speech_started",
+                    "audio_start_ms": now_ms, "item_id": item_id}));
+                if vad.interrupt_response && self.active.is_some() {
+                    self.cancel_active("turn_detected");
+                }
+            }
+            SidebandCmd::SpeechStopped { transcript } => {
+                let dur = now_ms.saturating_sub(self.speech_start_ms);
+                self.next_transcript = Some(transcript);
+                match self.vad {
+                    Some(vad) if self.in_speech => {
+                        self.in_speech = false;
+                        let item_id = self
+                            .pending_user_item
+                            .take()
+                            .unwrap_or_else(|| new_id("item_"));
+                        self.emit(json!({"type": "input_audio_buffer.speech_stopped",
+                            "audio_end_ms": now_ms, "item_id": item_id}));
+                        self.commit_user_audio(item_id, dur);
+                        if vad.create_response && self.active.is_none() {
+                            self.start_response(None);
+                        }
+                    }
+                    // No turn detection: the audio waits in the input
+                    // buffer for the client's `input_audio_buffer.commit`.
+                    _ => self.buffer_ms += dur as f64,
+                }
+            }
+            SidebandCmd::Dtmf { digit } => {
+                let received_at = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                self.emit_raw(json!({"type": "input_audio_buffer.dtmf_event_received",
+                    "event": digit, "received_at": received_at}));
+            }
+            SidebandCmd::End { reason } => return Some(reason),
+        }
+        None
     }
 }
 

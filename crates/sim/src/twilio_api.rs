@@ -65,6 +65,55 @@
 //! [`CreateFault`]. [`TwilioEmulator::set_outcome`] changes what a number does
 //! for calls created afterwards.
 //!
+//! # Call updates, `<Dial>` and conferences
+//!
+//! `POST …/Calls/{Sid}.json` with `Twiml` or `Url` (+ `Method`) redirects a call
+//! the way Twilio does: whatever the call is executing stops — a running
+//! `<Connect><Stream>` ends, so voxbridge's media socket gets `stop` and a
+//! close — and the new document runs ([`crate::twiml_exec`] lists the verbs
+//! understood). A redirect of a call that is not answered yet is kept and runs
+//! when it answers. `Url` is fetched like the voice webhook (signed, same
+//! params, [`CallbackKind::Redirect`]). The document the call was created with
+//! still only has its `<Connect><Stream>` played (nothing before or after it).
+//! A redirect of a `<Dial>` leg or a participant call is recorded in
+//! [`EmulatedCall::updates`] but not executed: the emulated person goes on.
+//!
+//! `<Dial>` to `<Number>`s / `<Sip>` URIs (or a bare number) creates one child
+//! call per target (`direction: outbound-dial`, `parent_call_sid`, listed by
+//! `GET …/Calls.json`, filter `ParentCallSid`), played by an emulated person
+//! configured per target with [`TwilioEmulatorConfig::dial_outcomes`]
+//! ([`DialOutcome`]; the default answers and hangs up after 1 s). Several
+//! targets ring at once and the first to answer wins. When the `<Dial>` ends,
+//! its `action` URL (relative URLs resolved against the document's URL) gets a
+//! signed request with `DialCallStatus` (`completed` after a bridged call,
+//! `busy`, `no-answer`, `failed`, `canceled`; `answered` for a conference),
+//! `DialCallSid` and `DialCallDuration`, and the TwiML it returns runs next;
+//! without `action` the document continues after `<Dial>`, and the call ends
+//! `completed` when nothing is left. A REST hang-up during the `<Dial>` still
+//! requests the `action` (`CallStatus=completed`) and ignores its answer; a
+//! redirect abandons the `<Dial>` without requesting it.
+//!
+//! `<Dial><Conference>name</Conference></Dial>` joins the conference of that
+//! name (created on first join). A conference is `init` until two participants
+//! are in it and one of them has `startConferenceOnEnter`, then
+//! `in-progress`; it is `completed` when its last participant leaves, when a
+//! participant with `endConferenceOnExit` leaves, or on `POST
+//! …/Conferences/{Sid}.json` `Status=completed`; then every participant leaves
+//! (a `<Dial>` participant continues its TwiML, a participant call hangs up).
+//! The REST resources `Conferences` (list with `FriendlyName`, `Status`,
+//! `DateCreated*`, `DateUpdated*`; fetch; update) and `Participants` (list with
+//! `Muted`, `Hold`; create, which dials `To` like a `<Dial>` leg and joins the
+//! conference when answered, creating it when the path names a conference by
+//! friendly name; fetch / update `Hold` `Muted` `EndConferenceOnExit` / delete
+//! = kick, by call SID or label) answer like Twilio's; participants that left
+//! are not listed, as on Twilio, but stay in [`TwilioEmulator::conferences`]
+//! with their join and leave times.
+//!
+//! A document that is not well-formed (or whose root is not `<Response>`) is
+//! Twilio's "application error": the call records error 12100
+//! ([`EmulatedCall::error_code`]) and ends `completed`; a redirect or `action`
+//! URL that cannot be fetched is error 11200, likewise.
+//!
 //! # Reaching the webhooks
 //!
 //! The emulator speaks plain HTTP only. An `https://` URL (voice `Url`, status,
@@ -92,7 +141,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use voxbridge_twilio::signature::{SIGNATURE_HEADER, compute_signature};
 
-use crate::caller::{self, CallerConfig, CallerReport, CallerStep, RunOptions};
+use crate::caller::{self, CallEnd, CallerConfig, CallerReport, CallerStep, RunOptions};
+use crate::twiml_exec::{self, ConferenceTarget, Dial, DialTarget, Verb};
 
 const API_VERSION: &str = "2010-04-01";
 /// Timeout of one callback / voice webhook request (Twilio's is 15 s).
@@ -102,6 +152,10 @@ const RING_AFTER_MS: u64 = 50;
 const BUSY_AFTER_MS: u64 = 100;
 const FAIL_AFTER_MS: u64 = 50;
 const AMD_AFTER_MS: u64 = 200;
+/// How often waits on other calls (dialed legs, conferences) look again.
+const POLL_MS: u64 = 10;
+/// Upper bound on waiting for dialed legs to send their last callbacks.
+const LEGS_DONE_TIMEOUT: Duration = Duration::from_secs(15);
 const FINAL_STATUSES: [&str; 5] = ["completed", "busy", "no-answer", "failed", "canceled"];
 /// Twilio's `call_enum_status` (the values `Status` may filter on).
 const CALL_STATUSES: [&str; 8] = [
@@ -132,6 +186,167 @@ pub enum Outcome {
     Fail,
     /// Answers (default script); machine detection says `machine_start`.
     Machine,
+}
+
+/// What the person reached by a `<Dial>` leg or a conference participant call does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DialOutcome {
+    /// Answers after [`TwilioEmulatorConfig::ring_ms`], stays on for `stay_ms`
+    /// (bounded by `<Dial timeLimit>` / `TimeLimit`), then hangs up.
+    /// `u64::MAX`: stays until the other side ends the call.
+    Answer { stay_ms: u64 },
+    /// Final status `busy`.
+    Busy,
+    /// Rings until the `<Dial timeout>` (or `Timeout`), final status `no-answer`.
+    NoAnswer,
+    /// Final status `failed` (never rings).
+    Fail,
+}
+
+impl Default for DialOutcome {
+    /// Answers and hangs up after 1 s.
+    fn default() -> Self {
+        DialOutcome::Answer { stay_ms: 1000 }
+    }
+}
+
+/// What a [`DialedLeg`] dialed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DialKind {
+    Number,
+    Sip,
+    Conference,
+}
+
+impl DialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialKind::Number => "number",
+            DialKind::Sip => "sip",
+            DialKind::Conference => "conference",
+        }
+    }
+}
+
+/// One target of a `<Dial>` a call executed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DialedLeg {
+    /// The number, SIP URI or conference name.
+    pub to: String,
+    pub kind: DialKind,
+    /// The child call's status (`queued` … `completed`, `busy`, …); for a
+    /// conference `in-progress` while the call is in it, then `completed`.
+    pub status: String,
+    /// The child call's SID (`CA…`, see [`TwilioEmulator::call`]), or the conference's (`CF…`).
+    pub sid: String,
+    /// `From` of the child call (`callerId`, default the parent's `From`).
+    pub caller_id: String,
+    pub timeout_secs: u64,
+    /// The `<Dial action>` as written.
+    pub action: Option<String>,
+    /// The `DialCallStatus` of the `<Dial>` this leg belonged to, once it ended.
+    pub dial_call_status: Option<String>,
+    pub started_at: SystemTime,
+    pub answered_at: Option<SystemTime>,
+    pub ended_at: Option<SystemTime>,
+    /// Whole seconds answered (child calls), once ended.
+    pub duration: Option<u64>,
+}
+
+/// Where a TwiML document a call executed came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TwimlSource {
+    /// `Twiml` / `Url` of the create request (only its `<Connect><Stream>` is played).
+    Create,
+    /// `Twiml` / `Url` of a call update.
+    Update,
+    /// A `<Redirect>`.
+    Redirect,
+    /// The response of a `<Dial action>`.
+    DialAction,
+}
+
+/// One TwiML document a call executed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecutedTwiml {
+    pub source: TwimlSource,
+    /// The URL it was fetched from (None for `Twiml=`).
+    pub url: Option<String>,
+    pub twiml: String,
+    pub at: SystemTime,
+    /// The verbs started, in order (for [`TwimlSource::Create`]: `Connect` once the stream ran).
+    pub verbs: Vec<String>,
+    /// What Twilio would log as warnings (skipped verbs, bad attribute values).
+    pub warnings: Vec<String>,
+    /// The Twilio error that stopped it (12100 for a malformed document).
+    pub error: Option<u32>,
+}
+
+/// A conference participant, present or past.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Participant {
+    pub call_sid: String,
+    pub label: Option<String>,
+    /// `queued` `connecting` `ringing` `connected` `complete` `failed`.
+    pub status: String,
+    pub hold: bool,
+    pub muted: bool,
+    pub coaching: bool,
+    pub start_conference_on_enter: bool,
+    pub end_conference_on_exit: bool,
+    pub beep: String,
+    pub early_media: bool,
+    /// Added with `POST …/Participants.json` (else: by `<Dial><Conference>`).
+    pub via_api: bool,
+    /// Removed with `DELETE …/Participants/{CallSid}.json`.
+    pub kicked: bool,
+    pub date_created: SystemTime,
+    pub date_updated: SystemTime,
+    pub joined_at: Option<SystemTime>,
+    pub left_at: Option<SystemTime>,
+}
+
+impl Participant {
+    /// Not yet joined, or in the conference.
+    pub fn active(&self) -> bool {
+        !matches!(self.status.as_str(), "complete" | "failed")
+    }
+}
+
+/// A conference, with every participant it had.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conference {
+    /// `CF…`.
+    pub sid: String,
+    pub friendly_name: String,
+    /// `init` `in-progress` `completed`.
+    pub status: String,
+    pub date_created: SystemTime,
+    pub date_updated: SystemTime,
+    pub started_at: Option<SystemTime>,
+    pub ended_at: Option<SystemTime>,
+    /// `conference-ended-via-api`, `participant-with-end-conference-on-exit-left`,
+    /// `participant-with-end-conference-on-exit-kicked`, `last-participant-left`,
+    /// `last-participant-kicked`.
+    pub reason_conference_ended: Option<String>,
+    pub call_sid_ending_conference: Option<String>,
+    /// In order of joining (or of creation for participant calls).
+    pub participants: Vec<Participant>,
+}
+
+impl Conference {
+    /// The participants not yet joined or still in the conference.
+    pub fn active_participants(&self) -> Vec<&Participant> {
+        self.participants.iter().filter(|p| p.active()).collect()
+    }
+
+    /// The participant record of `call_sid` (the latest, if it joined twice).
+    pub fn participant(&self, call_sid: &str) -> Option<&Participant> {
+        self.participants
+            .iter()
+            .rev()
+            .find(|p| p.call_sid == call_sid)
+    }
 }
 
 /// What goes wrong with a `POST …/Calls.json` (see [`CreateFaultRule`]). Exists to
@@ -213,6 +428,14 @@ pub struct TwilioEmulatorConfig {
     pub webhook_base: Option<String>,
     /// Options of the media session (e.g. `record_audio: false` for load).
     pub run_options: RunOptions,
+    /// What the person reached by a `<Dial>` leg or a participant call does, per
+    /// number / SIP URI (exact match; bare US numbers are normalised to E.164
+    /// first). [`TwilioEmulator::set_dial_outcome`] changes it at run time.
+    pub dial_outcomes: Vec<(String, DialOutcome)>,
+    /// For targets not in `dial_outcomes`.
+    pub default_dial_outcome: DialOutcome,
+    /// How long `<Say>` takes per character of its text, ms.
+    pub say_ms_per_char: u64,
 }
 
 impl Default for TwilioEmulatorConfig {
@@ -228,6 +451,9 @@ impl Default for TwilioEmulatorConfig {
             connect_base: None,
             webhook_base: None,
             run_options: RunOptions::default(),
+            dial_outcomes: Vec::new(),
+            default_dial_outcome: DialOutcome::default(),
+            say_ms_per_char: 10,
         }
     }
 }
@@ -259,6 +485,10 @@ pub enum CallbackKind {
     AsyncAmd,
     /// `RecordingStatusCallback`.
     Recording,
+    /// TwiML fetched for a call update `Url` or a `<Redirect>`.
+    Redirect,
+    /// A `<Dial action>` request.
+    DialAction,
 }
 
 /// One HTTP request the emulator sent (voice webhook or callback).
@@ -312,6 +542,11 @@ pub struct EmulatedCall {
     pub sid: String,
     pub to: String,
     pub from: String,
+    /// `outbound-api` (created with the REST API, participant calls included) or
+    /// `outbound-dial` (a `<Dial>` leg).
+    pub direction: String,
+    /// The call whose `<Dial>` created this one.
+    pub parent_call_sid: Option<String>,
     /// The create request's form, in order.
     pub params: Vec<(String, String)>,
     /// Current status.
@@ -331,15 +566,67 @@ pub struct EmulatedCall {
     pub duration: Option<u64>,
     /// `RE…` when a recording callback was due.
     pub recording_sid: Option<String>,
-    /// The media session's report, once it ended.
+    /// The first media session's report, once it ended.
     pub report: Option<CallerReport>,
+    /// Every media session's report (a redirect to `<Connect><Stream>` starts another).
+    pub stream_reports: Vec<CallerReport>,
     /// Why the media session did not run (bad TwiML, webhook error, WebSocket rejected, …).
     pub error: Option<String>,
+    /// The Twilio error that ended the call early: 11200 (TwiML could not be
+    /// fetched), 11100 (bad URL), 12100 (malformed TwiML).
+    pub error_code: Option<u32>,
+    /// The TwiML documents the call executed, in order.
+    pub twiml_executed: Vec<ExecutedTwiml>,
+    /// The texts of the `<Say>`s it executed.
+    pub said: Vec<String>,
+    /// What its `<Dial>`s dialed, in order.
+    pub dialed: Vec<DialedLeg>,
     /// Every callback due has been sent and the call is over.
     pub done: bool,
 }
 
 impl EmulatedCall {
+    fn new(
+        sid: String,
+        to: &str,
+        from: &str,
+        params: Vec<(String, String)>,
+        direction: &str,
+        parent_call_sid: Option<String>,
+    ) -> Self {
+        let now = SystemTime::now();
+        Self {
+            sid,
+            to: to.to_string(),
+            from: from.to_string(),
+            direction: direction.to_string(),
+            parent_call_sid,
+            params,
+            status: "queued".into(),
+            timeline: vec![StatusChange {
+                status: "queued".into(),
+                at: now,
+            }],
+            callbacks: Vec::new(),
+            updates: Vec::new(),
+            answered_by: None,
+            date_created: now,
+            start_time: None,
+            answer_time: None,
+            end_time: None,
+            duration: None,
+            recording_sid: None,
+            report: None,
+            stream_reports: Vec::new(),
+            error: None,
+            error_code: None,
+            twiml_executed: Vec::new(),
+            said: Vec::new(),
+            dialed: Vec::new(),
+            done: false,
+        }
+    }
+
     /// The status callbacks sent, in order.
     pub fn status_callbacks(&self) -> Vec<&SentCallback> {
         self.callbacks_of(CallbackKind::Status)
@@ -355,6 +642,13 @@ impl EmulatedCall {
     }
 }
 
+/// A call update's new TwiML, not yet executed.
+#[derive(Clone, Debug)]
+enum Redirect {
+    Twiml(String),
+    Url { url: String, method: String },
+}
+
 struct Slot {
     call: EmulatedCall,
     hangup: watch::Sender<bool>,
@@ -362,6 +656,24 @@ struct Slot {
     seq: u64,
     answered_at: Option<Instant>,
     ended_at: Option<Instant>,
+    /// The latest redirect not yet executed.
+    pending: Option<Redirect>,
+    /// Bumped by every redirect: what the call is executing stops.
+    interrupt: watch::Sender<u64>,
+}
+
+impl Slot {
+    fn new(call: EmulatedCall) -> Self {
+        Self {
+            call,
+            hangup: watch::channel(false).0,
+            seq: 0,
+            answered_at: None,
+            ended_at: None,
+            pending: None,
+            interrupt: watch::channel(0).0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -370,13 +682,41 @@ struct EmState {
     calls: Vec<Slot>,
     /// Per `To` number, consulted when a call is dialed (starts as the config's).
     outcomes: Vec<(String, Outcome)>,
+    /// Per dialed target (starts as the config's).
+    dial_outcomes: Vec<(String, DialOutcome)>,
     /// Create faults with their remaining uses (starts as the config's).
     create_faults: Vec<CreateFaultRule>,
+    /// Every conference, in order of creation.
+    conferences: Vec<Conference>,
 }
 
 impl EmState {
     fn slot(&mut self, sid: &str) -> Option<&mut Slot> {
         self.calls.iter_mut().find(|s| s.call.sid == sid)
+    }
+
+    fn call_ref(&self, sid: &str) -> Option<&EmulatedCall> {
+        self.calls
+            .iter()
+            .find(|s| s.call.sid == sid)
+            .map(|s| &s.call)
+    }
+
+    /// A copy of `c` with its dialed legs brought up to date from the child calls.
+    fn snapshot(&self, c: &EmulatedCall) -> EmulatedCall {
+        let mut c = c.clone();
+        for leg in &mut c.dialed {
+            if leg.kind == DialKind::Conference {
+                continue;
+            }
+            if let Some(child) = self.call_ref(&leg.sid) {
+                leg.status = child.status.clone();
+                leg.answered_at = child.answer_time;
+                leg.ended_at = child.end_time;
+                leg.duration = child.duration;
+            }
+        }
+        c
     }
 }
 
@@ -401,6 +741,7 @@ impl TwilioEmulator {
         let addr = listener.local_addr()?;
         let state = EmState {
             outcomes: cfg.outcomes.clone(),
+            dial_outcomes: cfg.dial_outcomes.clone(),
             create_faults: cfg.create_faults.clone(),
             ..EmState::default()
         };
@@ -469,19 +810,88 @@ impl TwilioEmulator {
         self.inner.lock().requests.clone()
     }
 
-    /// Every call created so far, in order of creation.
+    /// Every call created so far (`<Dial>` legs and participant calls included),
+    /// in order of creation.
     pub fn calls(&self) -> Vec<EmulatedCall> {
-        self.inner
-            .lock()
-            .calls
-            .iter()
-            .map(|s| s.call.clone())
-            .collect()
+        let st = self.inner.lock();
+        st.calls.iter().map(|s| st.snapshot(&s.call)).collect()
     }
 
     /// One call, as it is now.
     pub fn call(&self, sid: &str) -> Option<EmulatedCall> {
-        self.inner.lock().slot(sid).map(|s| s.call.clone())
+        let st = self.inner.lock();
+        let c = &st.calls.iter().find(|s| s.call.sid == sid)?.call;
+        Some(st.snapshot(c))
+    }
+
+    /// What the person reached at `to` (number or SIP URI) by a `<Dial>` or a
+    /// participant call does, for legs dialed after this.
+    pub fn set_dial_outcome(&self, to: &str, outcome: DialOutcome) {
+        let mut st = self.inner.lock();
+        st.dial_outcomes.retain(|(n, _)| n != to);
+        st.dial_outcomes.push((to.to_owned(), outcome));
+    }
+
+    /// What the call's `<Dial>`s dialed so far (empty for an unknown sid).
+    pub fn dialed(&self, call_sid: &str) -> Vec<DialedLeg> {
+        self.call(call_sid).map(|c| c.dialed).unwrap_or_default()
+    }
+
+    /// The TwiML documents the call executed so far.
+    pub fn twiml_executed(&self, call_sid: &str) -> Vec<ExecutedTwiml> {
+        self.call(call_sid)
+            .map(|c| c.twiml_executed)
+            .unwrap_or_default()
+    }
+
+    /// Every conference so far, in order of creation.
+    pub fn conferences(&self) -> Vec<Conference> {
+        self.inner.lock().conferences.clone()
+    }
+
+    /// The conference with this SID, or the latest one with this friendly name.
+    pub fn conference(&self, name_or_sid: &str) -> Option<Conference> {
+        let st = self.inner.lock();
+        st.conferences
+            .iter()
+            .rev()
+            .find(|c| c.sid == name_or_sid || c.friendly_name == name_or_sid)
+            .cloned()
+    }
+
+    /// Wait until the call has dialed something; returns its legs then (`None`
+    /// on timeout or an unknown sid).
+    pub async fn wait_dialed(&self, call_sid: &str, timeout: Duration) -> Option<Vec<DialedLeg>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let legs = self.call(call_sid)?.dialed;
+            if !legs.is_empty() {
+                return Some(legs);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
+    }
+
+    /// Wait until [`TwilioEmulator::conference`]`(name_or_sid)` exists with `status`.
+    pub async fn wait_conference(
+        &self,
+        name_or_sid: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Option<Conference> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.conference(name_or_sid).filter(|c| c.status == status) {
+                return Some(c);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
     }
 
     /// Wait until the call is over and every callback due was sent; `None` on
@@ -645,6 +1055,9 @@ async fn handle(
             return Response::new(axum::body::Body::from_stream(failing));
         }
     }
+    if r.status == 204 {
+        return StatusCode::NO_CONTENT.into_response();
+    }
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (
         status,
@@ -732,6 +1145,9 @@ impl Inner {
         if account != self.cfg.account_sid {
             return not_found(path);
         }
+        if tail == "Conferences.json" || tail.starts_with("Conferences/") {
+            return self.conference_route(method, path, query, tail, form);
+        }
         let call_sid = tail
             .strip_prefix("Calls/")
             .and_then(|s| s.strip_suffix(".json"))
@@ -810,39 +1226,10 @@ impl Inner {
                 format!("Call to {to} rejected (injected fault)"),
             );
         }
-        let now = SystemTime::now();
         let sid = random_sid("CA");
-        let call = EmulatedCall {
-            sid: sid.clone(),
-            to: to.to_string(),
-            from: from.to_string(),
-            params: form.to_vec(),
-            status: "queued".into(),
-            timeline: vec![StatusChange {
-                status: "queued".into(),
-                at: now,
-            }],
-            callbacks: Vec::new(),
-            updates: Vec::new(),
-            answered_by: None,
-            date_created: now,
-            start_time: None,
-            answer_time: None,
-            end_time: None,
-            duration: None,
-            recording_sid: None,
-            report: None,
-            error: None,
-            done: false,
-        };
+        let call = EmulatedCall::new(sid.clone(), to, from, form.to_vec(), "outbound-api", None);
         let body = self.resource(&call);
-        self.lock().calls.push(Slot {
-            call,
-            hangup: watch::channel(false).0,
-            seq: 0,
-            answered_at: None,
-            ended_at: None,
-        });
+        self.lock().calls.push(Slot::new(call));
         self.spawn(dial(self.clone(), sid));
         match fault {
             Some(CreateFault::LoseResponse) => twilio_error(500, 20500, "Internal Server Error"),
@@ -984,6 +1371,14 @@ impl Inner {
                 "At least one of Status, Url or Twiml is required.",
             );
         }
+        if let Some(u) = first(form, "Url")
+            && !is_http_url(u)
+        {
+            return twilio_error(400, 21205, format!("Url is not a valid URL: {u}"));
+        }
+        if first(form, "Twiml").is_some_and(|t| t.trim().is_empty()) {
+            return twilio_error(400, 21205, "Twiml must not be empty.");
+        }
         let mut st = self.lock();
         let Some(slot) = st.slot(sid) else {
             return not_found(path);
@@ -1008,9 +1403,23 @@ impl Inner {
             }
             // `canceled` has no effect on a call in progress.
             _ => {
-                if redirect && answered {
-                    // New TwiML ends the running <Connect><Stream> (recorded in `updates`).
-                    slot.hangup.send_replace(true);
+                if redirect {
+                    // Whatever runs (a <Connect><Stream>, a <Dial>…) stops and the new
+                    // TwiML runs; a call not answered yet runs it when it answers.
+                    slot.pending = Some(match (first(form, "Twiml"), first(form, "Url")) {
+                        (Some(t), _) => Redirect::Twiml(t.to_string()),
+                        (None, u) => Redirect::Url {
+                            url: u.unwrap_or_default().to_string(),
+                            method: if first(form, "Method")
+                                .is_some_and(|m| m.eq_ignore_ascii_case("GET"))
+                            {
+                                "GET".into()
+                            } else {
+                                "POST".into()
+                            },
+                        },
+                    });
+                    slot.interrupt.send_modify(|n| *n += 1);
                 }
             }
         }
@@ -1036,14 +1445,14 @@ impl Inner {
             "caller_name": null,
             "date_created": rfc2822(c.date_created),
             "date_updated": rfc2822(updated),
-            "direction": "outbound-api",
+            "direction": c.direction,
             "duration": c.duration.map(|d| d.to_string()),
             "end_time": time(c.end_time),
             "forwarded_from": null,
             "from": c.from,
             "from_formatted": c.from,
             "group_sid": null,
-            "parent_call_sid": null,
+            "parent_call_sid": c.parent_call_sid,
             "phone_number_sid": null,
             "price": null,
             "price_unit": "USD",
@@ -1097,6 +1506,8 @@ struct CallPlan {
     sid: String,
     to: String,
     from: String,
+    direction: String,
+    parent_call_sid: Option<String>,
     url: Option<String>,
     method: String,
     twiml: Option<String>,
@@ -1140,6 +1551,8 @@ impl CallPlan {
             sid: c.sid.clone(),
             to: c.to.clone(),
             from: c.from.clone(),
+            direction: c.direction.clone(),
+            parent_call_sid: c.parent_call_sid.clone(),
             url: get("Url"),
             method: method("Method"),
             twiml: get("Twiml"),
@@ -1174,11 +1587,24 @@ async fn hung_up_during(rx: &mut watch::Receiver<bool>, ms: u64) -> bool {
     woke || *rx.borrow()
 }
 
+/// How a dialed phone behaves while it rings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ring {
+    Answer,
+    Busy,
+    NoAnswer,
+    Fail,
+}
+
 async fn dial(em: Arc<Inner>, sid: String) {
-    let (plan, mut hang) = {
+    let (plan, mut hang, intr) = {
         let mut st = em.lock();
         let Some(slot) = st.slot(&sid) else { return };
-        (CallPlan::new(&slot.call), slot.hangup.subscribe())
+        (
+            CallPlan::new(&slot.call),
+            slot.hangup.subscribe(),
+            slot.interrupt.subscribe(),
+        )
     };
     let outcome = em
         .lock()
@@ -1186,48 +1612,63 @@ async fn dial(em: Arc<Inner>, sid: String) {
         .iter()
         .find(|(n, _)| *n == plan.to)
         .map_or(Outcome::Answer, |(_, o)| o.clone());
-
-    let answered = 'ring: {
-        if hung_up_during(&mut hang, INITIATE_MS).await || !em.transition(&sid, "initiated") {
-            break 'ring false;
-        }
-        em.status_callback(&plan, "initiated", "initiated", Vec::new())
-            .await;
-        if outcome == Outcome::Fail {
-            if !hung_up_during(&mut hang, FAIL_AFTER_MS).await {
-                em.end(&sid, "failed");
-            }
-            break 'ring false;
-        }
-        if hung_up_during(&mut hang, RING_AFTER_MS).await || !em.transition(&sid, "ringing") {
-            break 'ring false;
-        }
-        em.status_callback(&plan, "ringing", "ringing", Vec::new())
-            .await;
-        let (wait, final_status) = match outcome {
-            Outcome::Busy => (BUSY_AFTER_MS, Some("busy")),
-            Outcome::NoAnswer => (em.cfg.ring_ms, Some("no-answer")),
-            _ if em.cfg.ring_ms >= plan.timeout_ms => (plan.timeout_ms, Some("no-answer")),
-            _ => (em.cfg.ring_ms, None),
-        };
-        if hung_up_during(&mut hang, wait).await {
-            break 'ring false;
-        }
-        match final_status {
-            Some(s) => {
-                em.end(&sid, s);
-                false
-            }
-            None => em.transition(&sid, "in-progress"),
-        }
+    let ring = match outcome {
+        Outcome::Busy => Ring::Busy,
+        Outcome::NoAnswer => Ring::NoAnswer,
+        Outcome::Fail => Ring::Fail,
+        _ => Ring::Answer,
     };
-    if answered {
-        em.in_progress(&plan, &outcome, hang).await;
+    if em.ring(&plan, ring, em.cfg.ring_ms, &mut hang).await {
+        em.in_progress(&plan, &outcome, hang, intr).await;
     }
     em.finish(&plan).await;
 }
 
 impl Inner {
+    /// Dial: `initiated`, `ringing`, then answered (`in-progress`, returns true) or a
+    /// final status. `no_answer_ms`: how long [`Ring::NoAnswer`] rings.
+    async fn ring(
+        &self,
+        plan: &CallPlan,
+        ring: Ring,
+        no_answer_ms: u64,
+        hang: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let sid = &plan.sid;
+        if hung_up_during(hang, INITIATE_MS).await || !self.transition(sid, "initiated") {
+            return false;
+        }
+        self.status_callback(plan, "initiated", "initiated", Vec::new())
+            .await;
+        if ring == Ring::Fail {
+            if !hung_up_during(hang, FAIL_AFTER_MS).await {
+                self.end(sid, "failed");
+            }
+            return false;
+        }
+        if hung_up_during(hang, RING_AFTER_MS).await || !self.transition(sid, "ringing") {
+            return false;
+        }
+        self.status_callback(plan, "ringing", "ringing", Vec::new())
+            .await;
+        let (wait, final_status) = match ring {
+            Ring::Busy => (BUSY_AFTER_MS, Some("busy")),
+            Ring::NoAnswer => (no_answer_ms, Some("no-answer")),
+            _ if self.cfg.ring_ms >= plan.timeout_ms => (plan.timeout_ms, Some("no-answer")),
+            _ => (self.cfg.ring_ms, None),
+        };
+        if hung_up_during(hang, wait).await {
+            return false;
+        }
+        match final_status {
+            Some(s) => {
+                self.end(sid, s);
+                false
+            }
+            None => self.transition(sid, "in-progress"),
+        }
+    }
+
     /// Move a live call to a non-final status; false if it already ended.
     fn transition(&self, sid: &str, status: &str) -> bool {
         let mut st = self.lock();
@@ -1251,13 +1692,16 @@ impl Inner {
             }
             _ => {}
         }
+        st.participant_progress(sid, status);
         true
     }
 
     fn end(&self, sid: &str, status: &str) {
-        if let Some(slot) = self.lock().slot(sid) {
+        let mut st = self.lock();
+        if let Some(slot) = st.slot(sid) {
             end_slot(slot, status);
         }
+        st.participant_progress(sid, status);
     }
 
     fn hang_up(&self, sid: &str) {
@@ -1276,6 +1720,7 @@ impl Inner {
         plan: &CallPlan,
         outcome: &Outcome,
         hang: watch::Receiver<bool>,
+        intr: watch::Receiver<u64>,
     ) {
         let amd = match outcome {
             Outcome::Machine => "machine_start",
@@ -1323,6 +1768,25 @@ impl Inner {
             });
         }
 
+        let script = match outcome {
+            Outcome::AnswerWithScript(s) => s.clone(),
+            _ => self.cfg.default_script.clone(),
+        };
+        let mut x = Exec {
+            plan,
+            script,
+            hang,
+            intr,
+        };
+        // Redirected before it answered: the update's TwiML replaces the create's.
+        if self
+            .with_call(&plan.sid, |s| s.pending.is_some())
+            .unwrap_or(false)
+        {
+            self.run_updates(&mut x).await;
+            return;
+        }
+
         let connect_from;
         let twiml = match (&plan.twiml, &plan.url) {
             (Some(t), _) => {
@@ -1331,19 +1795,7 @@ impl Inner {
             }
             (None, Some(url)) => {
                 connect_from = self.reachable(url).ok().map(|u| u.to_string());
-                let mut form = caller::webhook_params(&CallerConfig {
-                    account_sid: self.cfg.account_sid.clone(),
-                    call_sid: plan.sid.clone(),
-                    from: plan.from.clone(),
-                    to: plan.to.clone(),
-                    direction: "outbound-api".into(),
-                    ..CallerConfig::default()
-                });
-                for (k, v) in form.iter_mut() {
-                    if k == "CallStatus" {
-                        *v = "in-progress".into();
-                    }
-                }
+                let mut form = self.voice_params(plan, "in-progress");
                 if sync_amd {
                     form.push(("AnsweredBy".into(), amd.into()));
                 }
@@ -1353,6 +1805,7 @@ impl Inner {
                 if let Some(e) = sent.error {
                     self.with_call(&plan.sid, |s| {
                         s.call.error = Some(format!("voice webhook: {e}"));
+                        s.call.error_code = Some(11200);
                     });
                     return;
                 }
@@ -1360,16 +1813,9 @@ impl Inner {
             }
             (None, None) => return,
         };
-        let connect_base = self.cfg.connect_base.clone().or_else(|| {
-            let u = url::Url::parse(connect_from.as_deref()?).ok()?;
-            let scheme = if u.scheme() == "https" { "wss" } else { "ws" };
-            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-            Some(format!("{scheme}://{}{port}", u.host_str()?))
-        });
-        let script = match outcome {
-            Outcome::AnswerWithScript(s) => s.clone(),
-            _ => self.cfg.default_script.clone(),
-        };
+        let record = self.record_twiml(&plan.sid, TwimlSource::Create, plan.url.clone(), &twiml);
+        let connect_base = self.connect_base(connect_from.as_deref());
+        let stop = self.stream_stop(&x.hang, &x.intr);
         let ccfg = CallerConfig {
             voice_url: plan.url.clone().unwrap_or_default(),
             public_url: String::new(),
@@ -1379,17 +1825,58 @@ impl Inner {
             call_sid: plan.sid.clone(),
             from: plan.from.clone(),
             to: plan.to.clone(),
-            direction: "outbound-api".into(),
-            script,
+            direction: plan.direction.clone(),
+            script: x.script.clone(),
             twiml: Some(twiml),
-            hangup: Some(hang),
+            hangup: Some(stop),
             ..CallerConfig::default()
         };
         let result = caller::run_call_with(ccfg, self.cfg.run_options.clone()).await;
         self.with_call(&plan.sid, |s| match result {
-            Ok(r) => s.call.report = Some(r),
+            Ok(r) => {
+                if let Some(rec) = s.call.twiml_executed.get_mut(record) {
+                    rec.verbs.push("Connect".into());
+                }
+                s.call.stream_reports.push(r.clone());
+                s.call.report = Some(r);
+            }
             Err(e) => s.call.error = Some(e.to_string()),
         });
+        // The stream ended: a redirect runs its TwiML; otherwise the call is over
+        // (nothing after <Connect> is executed for the create document).
+        self.run_updates(&mut x).await;
+    }
+
+    /// Where a `<Stream>`'s host is reached: `connect_base`, or derived from the
+    /// URL the TwiML came from (`http` → `ws`, `https` → `wss`, same host and port).
+    fn connect_base(&self, from: Option<&str>) -> Option<String> {
+        self.cfg.connect_base.clone().or_else(|| {
+            let u = url::Url::parse(from?).ok()?;
+            let scheme = if u.scheme() == "https" { "wss" } else { "ws" };
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            Some(format!("{scheme}://{}{port}", u.host_str()?))
+        })
+    }
+
+    /// The voice webhook's params for this call, with `CallStatus`.
+    fn voice_params(&self, plan: &CallPlan, call_status: &str) -> Vec<(String, String)> {
+        let mut form = caller::webhook_params(&CallerConfig {
+            account_sid: self.cfg.account_sid.clone(),
+            call_sid: plan.sid.clone(),
+            from: plan.from.clone(),
+            to: plan.to.clone(),
+            direction: plan.direction.clone(),
+            ..CallerConfig::default()
+        });
+        for (k, v) in form.iter_mut() {
+            if k == "CallStatus" {
+                *v = call_status.into();
+            }
+        }
+        if let Some(p) = &plan.parent_call_sid {
+            form.push(("ParentCallSid".into(), p.clone()));
+        }
+        form
     }
 
     /// The call is over: final status, `completed` event, recording callback, done.
@@ -1481,13 +1968,16 @@ impl Inner {
             ("CallStatus", status),
             ("Called", &plan.to),
             ("Caller", &plan.from),
-            ("Direction", "outbound-api"),
+            ("Direction", &plan.direction),
             ("From", &plan.from),
             ("To", &plan.to),
             ("Timestamp", &rfc2822(SystemTime::now())),
             ("SequenceNumber", &seq.to_string()),
             ("CallbackSource", "call-progress-events"),
         ]);
+        if let Some(p) = &plan.parent_call_sid {
+            form.push(("ParentCallSid".into(), p.clone()));
+        }
         form.extend(extra);
         if event == "completed" {
             let sip = match status {
@@ -1587,6 +2077,1443 @@ impl Inner {
     }
 }
 
+// ---------------------------------------------------------------------------
+// TwiML after an update: the executor
+
+/// What the executor does next.
+enum Flow {
+    /// Go on with the next verb.
+    Next,
+    /// The call is over (hung up, `<Hangup/>`, end of the TwiML, application error).
+    End,
+    /// A redirect arrived: drop everything, run the pending TwiML.
+    Interrupted,
+    /// Continue with another document (`<Redirect>`, `<Dial action>` response).
+    Goto {
+        twiml: String,
+        url: Option<String>,
+        source: TwimlSource,
+    },
+}
+
+/// Why a `<Dial>` stopped before its legs ended by themselves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    HungUp,
+    Interrupted,
+}
+
+/// The end of a `<Dial>`.
+struct DialResult {
+    status: String,
+    call_sid: Option<String>,
+    duration: Option<u64>,
+    stop: Option<Stop>,
+}
+
+/// One answered call running TwiML.
+struct Exec<'a> {
+    plan: &'a CallPlan,
+    /// What the callee does on a `<Connect><Stream>`.
+    script: Vec<CallerStep>,
+    hang: watch::Receiver<bool>,
+    intr: watch::Receiver<u64>,
+}
+
+impl Exec<'_> {
+    fn hung_up(&self) -> bool {
+        *self.hang.borrow()
+    }
+
+    fn interrupted(&self) -> bool {
+        self.intr.has_changed().unwrap_or(false)
+    }
+
+    /// Wait `ms` (forever when `None`) unless the call is hung up or redirected.
+    async fn pause(&mut self, ms: Option<u64>) -> Flow {
+        let sleep = async {
+            match ms {
+                Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        // A clone, so that `interrupted()` still sees the redirect afterwards.
+        let mut intr = self.intr.clone();
+        tokio::select! {
+            () = sleep => Flow::Next,
+            _ = self.hang.wait_for(|v| *v) => Flow::End,
+            r = intr.changed() => if r.is_ok() { Flow::Interrupted } else { Flow::End },
+        }
+    }
+
+    /// Sleep one poll period, waking early on a hang-up or a redirect.
+    async fn tick(&mut self) {
+        let mut intr = self.intr.clone();
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(POLL_MS)) => {}
+            _ = self.hang.wait_for(|v| *v) => {}
+            _ = intr.changed() => {}
+        }
+    }
+}
+
+impl Inner {
+    /// Run the pending redirects, one after the other, until the call ends.
+    async fn run_updates(self: &Arc<Self>, x: &mut Exec<'_>) {
+        loop {
+            if x.hung_up() {
+                return;
+            }
+            let Some((redirect, intr)) = self
+                .with_call(&x.plan.sid, |s| {
+                    s.pending.take().map(|r| (r, s.interrupt.subscribe()))
+                })
+                .flatten()
+            else {
+                return;
+            };
+            x.intr = intr;
+            let (twiml, url) = match redirect {
+                Redirect::Twiml(t) => (t, None),
+                Redirect::Url { url, method } => {
+                    match self
+                        .fetch_twiml(x.plan, CallbackKind::Redirect, &url, &method, Vec::new())
+                        .await
+                    {
+                        Some(body) => (body, Some(url)),
+                        None => return,
+                    }
+                }
+            };
+            if x.interrupted() {
+                continue;
+            }
+            match self.execute(x, twiml, url, TwimlSource::Update).await {
+                Flow::Interrupted => continue,
+                _ => return,
+            }
+        }
+    }
+
+    /// Record that the call executes a document; returns its index.
+    fn record_twiml(
+        &self,
+        sid: &str,
+        source: TwimlSource,
+        url: Option<String>,
+        twiml: &str,
+    ) -> usize {
+        self.with_call(sid, |s| {
+            s.call.twiml_executed.push(ExecutedTwiml {
+                source,
+                url,
+                twiml: twiml.to_string(),
+                at: SystemTime::now(),
+                verbs: Vec::new(),
+                warnings: Vec::new(),
+                error: None,
+            });
+            s.call.twiml_executed.len() - 1
+        })
+        .unwrap_or(usize::MAX)
+    }
+
+    fn with_record(&self, sid: &str, idx: usize, f: impl FnOnce(&mut ExecutedTwiml)) {
+        self.with_call(sid, |s| {
+            if let Some(r) = s.call.twiml_executed.get_mut(idx) {
+                f(r);
+            }
+        });
+    }
+
+    /// Twilio's "application error": the error is recorded and the call ends.
+    fn app_error(&self, sid: &str, code: u32, message: &str) {
+        self.with_call(sid, |s| {
+            s.call.error = Some(format!("Twilio error {code}: {message}"));
+            s.call.error_code = Some(code);
+        });
+    }
+
+    /// Fetch TwiML like the voice webhook (signed, the call's params plus `extra`).
+    /// A failure is error 11200 and ends the call (`None`).
+    async fn fetch_twiml(
+        &self,
+        plan: &CallPlan,
+        kind: CallbackKind,
+        url: &str,
+        method: &str,
+        extra: Vec<(String, String)>,
+    ) -> Option<String> {
+        let mut form = self.voice_params(plan, "in-progress");
+        form.extend(extra);
+        let sent = self.send(&plan.sid, kind, url, method, form).await;
+        match sent.error {
+            None => Some(sent.response_body),
+            Some(e) => {
+                self.app_error(
+                    &plan.sid,
+                    11200,
+                    &format!("HTTP retrieval failure: {url}: {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Execute a document and those it leads to; returns `End` or `Interrupted`.
+    async fn execute(
+        self: &Arc<Self>,
+        x: &mut Exec<'_>,
+        mut twiml: String,
+        mut url: Option<String>,
+        mut source: TwimlSource,
+    ) -> Flow {
+        let sid = x.plan.sid.clone();
+        loop {
+            let idx = self.record_twiml(&sid, source, url.clone(), &twiml);
+            let doc = match twiml_exec::parse(&twiml) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.with_record(&sid, idx, |r| r.error = Some(e.code));
+                    self.app_error(&sid, e.code, &e.message);
+                    return Flow::End;
+                }
+            };
+            self.with_record(&sid, idx, |r| r.warnings = doc.warnings.clone());
+            let mut goto = None;
+            for verb in doc.verbs {
+                if x.hung_up() {
+                    return Flow::End;
+                }
+                if x.interrupted() {
+                    return Flow::Interrupted;
+                }
+                self.with_record(&sid, idx, |r| r.verbs.push(verb.name().to_string()));
+                match self.run_verb(x, verb, url.as_deref(), idx).await {
+                    Flow::Next => {}
+                    Flow::Goto { twiml, url, source } => {
+                        goto = Some((twiml, url, source));
+                        break;
+                    }
+                    other => return other,
+                }
+            }
+            match goto {
+                Some((t, u, s)) => (twiml, url, source) = (t, u, s),
+                None => return Flow::End,
+            }
+        }
+    }
+
+    async fn run_verb(
+        self: &Arc<Self>,
+        x: &mut Exec<'_>,
+        verb: Verb,
+        base: Option<&str>,
+        idx: usize,
+    ) -> Flow {
+        let sid = x.plan.sid.clone();
+        match verb {
+            Verb::Say { text, loops } => {
+                let once = (text.chars().count() as u64).max(1) * self.cfg.say_ms_per_char;
+                self.with_call(&sid, |s| s.call.said.push(text));
+                let ms = (loops > 0).then(|| once.saturating_mul(u64::from(loops)));
+                x.pause(ms).await
+            }
+            Verb::Pause { secs } => x.pause(Some(secs.saturating_mul(1000))).await,
+            Verb::Hangup | Verb::Reject => Flow::End,
+            Verb::Redirect { url, method } => {
+                let Some(target) = twiml_exec::resolve_url(&url, base) else {
+                    self.app_error(&sid, 11100, &format!("Invalid URL format: {url:?}"));
+                    return Flow::End;
+                };
+                match self
+                    .fetch_twiml(x.plan, CallbackKind::Redirect, &target, &method, Vec::new())
+                    .await
+                {
+                    Some(twiml) => Flow::Goto {
+                        twiml,
+                        url: Some(target),
+                        source: TwimlSource::Redirect,
+                    },
+                    None => Flow::End,
+                }
+            }
+            Verb::ConnectStream { url, params } => self.stream(x, &url, &params, base).await,
+            Verb::Dial(d) => self.run_dial(x, d, base, idx).await,
+            Verb::Other { name } => {
+                self.with_record(&sid, idx, |r| {
+                    r.warnings
+                        .push(format!("<{name}> is not emulated; skipped"));
+                });
+                Flow::Next
+            }
+        }
+    }
+
+    /// `<Connect><Stream>` from an update: a new media session with the callee's script.
+    async fn stream(
+        self: &Arc<Self>,
+        x: &mut Exec<'_>,
+        url: &str,
+        params: &[(String, String)],
+        base: Option<&str>,
+    ) -> Flow {
+        use twiml_exec::escape;
+        let mut doc = format!("<Response><Connect><Stream url=\"{}\">", escape(url));
+        for (k, v) in params {
+            doc.push_str(&format!(
+                "<Parameter name=\"{}\" value=\"{}\"/>",
+                escape(k),
+                escape(v)
+            ));
+        }
+        doc.push_str("</Stream></Connect></Response>");
+        let from = base
+            .map(str::to_string)
+            .or_else(|| self.cfg.webhook_base.clone())
+            .or_else(|| x.plan.url.clone());
+        let connect_base = self.connect_base(
+            from.as_deref()
+                .map(|f| {
+                    // The host is reached where the document's URL is reached.
+                    self.reachable(f)
+                        .map(|u| u.to_string())
+                        .unwrap_or_else(|_| f.to_string())
+                })
+                .as_deref(),
+        );
+        let stop = self.stream_stop(&x.hang, &x.intr);
+        let ccfg = CallerConfig {
+            voice_url: String::new(),
+            public_url: String::new(),
+            auth_token: Some(self.cfg.auth_token.clone()),
+            connect_base,
+            account_sid: self.cfg.account_sid.clone(),
+            call_sid: x.plan.sid.clone(),
+            from: x.plan.from.clone(),
+            to: x.plan.to.clone(),
+            direction: x.plan.direction.clone(),
+            script: x.script.clone(),
+            twiml: Some(doc),
+            hangup: Some(stop),
+            ..CallerConfig::default()
+        };
+        let result = caller::run_call_with(ccfg, self.cfg.run_options.clone()).await;
+        let end = self
+            .with_call(&x.plan.sid, |s| match result {
+                Ok(r) => {
+                    let end = r.end.clone();
+                    s.call.stream_reports.push(r.clone());
+                    if s.call.report.is_none() {
+                        s.call.report = Some(r);
+                    }
+                    Some(end)
+                }
+                Err(e) => {
+                    s.call.error = Some(e.to_string());
+                    None
+                }
+            })
+            .flatten();
+        if x.hung_up() {
+            return Flow::End;
+        }
+        if x.interrupted() {
+            return Flow::Interrupted;
+        }
+        match end {
+            // The callee hung up.
+            Some(CallEnd::Hangup | CallEnd::Timeout) => Flow::End,
+            // The application closed the stream (or it failed): on to the next verb.
+            _ => Flow::Next,
+        }
+    }
+
+    /// A hang-up signal for one media session: set when the call is hung up or redirected.
+    fn stream_stop(
+        self: &Arc<Self>,
+        hang: &watch::Receiver<bool>,
+        intr: &watch::Receiver<u64>,
+    ) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        let mut hang = hang.clone();
+        let mut intr = intr.clone();
+        self.spawn(async move {
+            tokio::select! {
+                r = hang.wait_for(|v| *v) => if r.is_ok() { tx.send_replace(true); },
+                r = intr.changed() => if r.is_ok() { tx.send_replace(true); },
+                () = tx.closed() => {}
+            }
+        });
+        rx
+    }
+
+    fn dial_outcome(&self, to: &str) -> DialOutcome {
+        self.lock()
+            .dial_outcomes
+            .iter()
+            .find(|(n, _)| n == to)
+            .map_or_else(|| self.cfg.default_dial_outcome.clone(), |(_, o)| o.clone())
+    }
+
+    async fn run_dial(
+        self: &Arc<Self>,
+        x: &mut Exec<'_>,
+        d: Dial,
+        base: Option<&str>,
+        idx: usize,
+    ) -> Flow {
+        let sid = x.plan.sid.clone();
+        let result = match d.targets.first() {
+            None => {
+                self.with_record(&sid, idx, |r| {
+                    r.warnings
+                        .push("<Dial> without a number, SIP URI or conference".into());
+                });
+                return Flow::Next;
+            }
+            Some(DialTarget::Conference(c)) => self.dial_conference(x, &d, c).await,
+            Some(_) => self.dial_legs(x, &d, base).await,
+        };
+        if result.stop == Some(Stop::Interrupted) {
+            return Flow::Interrupted;
+        }
+        let hung = result.stop == Some(Stop::HungUp);
+        let Some(action) = &d.action else {
+            return if hung { Flow::End } else { Flow::Next };
+        };
+        let Some(url) = twiml_exec::resolve_url(action, base) else {
+            if !hung {
+                self.app_error(&sid, 11100, &format!("Invalid URL format: {action:?}"));
+            }
+            return Flow::End;
+        };
+        let mut form = self.voice_params(x.plan, if hung { "completed" } else { "in-progress" });
+        form.push(("DialCallStatus".into(), result.status.clone()));
+        if let Some(child) = &result.call_sid {
+            form.push(("DialCallSid".into(), child.clone()));
+        }
+        if let Some(secs) = result.duration {
+            form.push(("DialCallDuration".into(), secs.to_string()));
+        }
+        let sent = self
+            .send(&sid, CallbackKind::DialAction, &url, &d.method, form)
+            .await;
+        if hung {
+            // The call is over: the request is made, its TwiML is not executed.
+            return Flow::End;
+        }
+        match sent.error {
+            None => Flow::Goto {
+                twiml: sent.response_body,
+                url: Some(url),
+                source: TwimlSource::DialAction,
+            },
+            Some(e) => {
+                self.app_error(&sid, 11200, &format!("HTTP retrieval failure: {url}: {e}"));
+                Flow::End
+            }
+        }
+    }
+
+    /// `<Dial>` to numbers / SIP URIs: child calls, first to answer is bridged.
+    async fn dial_legs(
+        self: &Arc<Self>,
+        x: &mut Exec<'_>,
+        d: &Dial,
+        base: Option<&str>,
+    ) -> DialResult {
+        let parent = x.plan;
+        let caller_id = d.caller_id.clone().unwrap_or_else(|| parent.from.clone());
+        let mut kids: Vec<String> = Vec::new();
+        for t in &d.targets {
+            let (ep, kind) = match t {
+                DialTarget::Number(e) => (e, DialKind::Number),
+                DialTarget::Sip(e) => (e, DialKind::Sip),
+                DialTarget::Conference(_) => continue,
+            };
+            let child = random_sid("CA");
+            let mut params = pairs(&[
+                ("To", &ep.to),
+                ("From", &caller_id),
+                ("Timeout", &d.timeout_secs.to_string()),
+            ]);
+            if let Some(cb) = ep
+                .status_callback
+                .as_deref()
+                .and_then(|u| twiml_exec::resolve_url(u, base))
+            {
+                params.push(("StatusCallback".into(), cb));
+                params.push((
+                    "StatusCallbackMethod".into(),
+                    ep.status_callback_method.clone(),
+                ));
+                for ev in &ep.status_callback_events {
+                    params.push(("StatusCallbackEvent".into(), ev.clone()));
+                }
+            }
+            if let Some(limit) = d.time_limit_secs {
+                params.push(("TimeLimit".into(), limit.to_string()));
+            }
+            let outcome = if kind == DialKind::Number && !is_e164(&ep.to) {
+                DialOutcome::Fail
+            } else {
+                self.dial_outcome(&ep.to)
+            };
+            let call = EmulatedCall::new(
+                child.clone(),
+                &ep.to,
+                &caller_id,
+                params,
+                "outbound-dial",
+                Some(parent.sid.clone()),
+            );
+            let leg = DialedLeg {
+                to: ep.to.clone(),
+                kind,
+                status: "queued".into(),
+                sid: child.clone(),
+                caller_id: caller_id.clone(),
+                timeout_secs: d.timeout_secs,
+                action: d.action.clone(),
+                dial_call_status: None,
+                started_at: SystemTime::now(),
+                answered_at: None,
+                ended_at: None,
+                duration: None,
+            };
+            {
+                let mut st = self.lock();
+                st.calls.push(Slot::new(call));
+                if let Some(p) = st.slot(&parent.sid) {
+                    p.call.dialed.push(leg);
+                }
+            }
+            self.spawn(human_leg(self.clone(), child.clone(), outcome, None));
+            kids.push(child);
+        }
+
+        let mut winner: Option<String> = None;
+        let mut stop = None;
+        loop {
+            if x.hung_up() {
+                stop = Some(Stop::HungUp);
+                break;
+            }
+            if x.interrupted() {
+                stop = Some(Stop::Interrupted);
+                break;
+            }
+            let (answered, all_final) = {
+                let st = self.lock();
+                let calls: Vec<&EmulatedCall> =
+                    kids.iter().filter_map(|k| st.call_ref(k)).collect();
+                (
+                    calls
+                        .iter()
+                        .find(|c| c.answer_time.is_some())
+                        .map(|c| c.sid.clone()),
+                    calls
+                        .iter()
+                        .all(|c| FINAL_STATUSES.contains(&c.status.as_str())),
+                )
+            };
+            if winner.is_none()
+                && let Some(w) = answered
+            {
+                // First to answer is connected; the others are hung up.
+                for k in kids.iter().filter(|k| **k != w) {
+                    self.hang_up(k);
+                }
+                winner = Some(w);
+            }
+            if all_final {
+                break;
+            }
+            x.tick().await;
+        }
+        if stop.is_some() {
+            for k in &kids {
+                self.hang_up(k);
+            }
+        }
+        // Let the legs send their last callbacks before the parent goes on.
+        let deadline = Instant::now() + LEGS_DONE_TIMEOUT;
+        while Instant::now() < deadline {
+            let done = {
+                let st = self.lock();
+                kids.iter().all(|k| st.call_ref(k).is_none_or(|c| c.done))
+            };
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
+        let (status, call_sid, duration) = {
+            let st = self.lock();
+            let pick = winner.as_ref().or(kids.first());
+            match pick.and_then(|k| st.call_ref(k)) {
+                Some(c) if winner.is_some() => {
+                    ("completed".to_string(), Some(c.sid.clone()), c.duration)
+                }
+                Some(c) => (c.status.clone(), Some(c.sid.clone()), c.duration),
+                None => ("failed".to_string(), None, None),
+            }
+        };
+        let dial_status = status.clone();
+        self.with_call(&parent.sid, |s| {
+            for leg in s.call.dialed.iter_mut().filter(|l| kids.contains(&l.sid)) {
+                leg.dial_call_status = Some(dial_status.clone());
+            }
+        });
+        DialResult {
+            status,
+            call_sid,
+            duration: duration.or(Some(0)),
+            stop,
+        }
+    }
+
+    /// `<Dial><Conference>`: the call is in the conference until it leaves or is removed.
+    async fn dial_conference(
+        self: &Arc<Self>,
+        x: &mut Exec<'_>,
+        d: &Dial,
+        c: &ConferenceTarget,
+    ) -> DialResult {
+        let sid = x.plan.sid.clone();
+        let now = SystemTime::now();
+        let conf_sid = {
+            let mut st = self.lock();
+            let i = st.conference_for(&c.name);
+            st.conferences[i].participants.push(Participant {
+                call_sid: sid.clone(),
+                label: c.label.clone(),
+                status: "connecting".into(),
+                hold: false,
+                muted: c.muted,
+                coaching: false,
+                start_conference_on_enter: c.start_conference_on_enter,
+                end_conference_on_exit: c.end_conference_on_exit,
+                beep: c.beep.clone(),
+                early_media: true,
+                via_api: false,
+                kicked: false,
+                date_created: now,
+                date_updated: now,
+                joined_at: None,
+                left_at: None,
+            });
+            let conf_sid = st.conferences[i].sid.clone();
+            st.join(&conf_sid, &sid);
+            if let Some(p) = st.slot(&sid) {
+                p.call.dialed.push(DialedLeg {
+                    to: c.name.clone(),
+                    kind: DialKind::Conference,
+                    status: "in-progress".into(),
+                    sid: conf_sid.clone(),
+                    caller_id: d.caller_id.clone().unwrap_or_else(|| x.plan.from.clone()),
+                    timeout_secs: d.timeout_secs,
+                    action: d.action.clone(),
+                    dial_call_status: None,
+                    started_at: now,
+                    answered_at: Some(now),
+                    ended_at: None,
+                    duration: None,
+                });
+            }
+            conf_sid
+        };
+        let mut stop = None;
+        loop {
+            if x.hung_up() {
+                stop = Some(Stop::HungUp);
+                break;
+            }
+            if x.interrupted() {
+                stop = Some(Stop::Interrupted);
+                break;
+            }
+            let still_in = self
+                .lock()
+                .conferences
+                .iter()
+                .find(|c| c.sid == conf_sid)
+                .and_then(|c| c.participant(&sid))
+                .is_some_and(Participant::active);
+            if !still_in {
+                break;
+            }
+            x.tick().await;
+        }
+        self.lock().leave(&conf_sid, &sid, false);
+        let ended = SystemTime::now();
+        self.with_call(&sid, |s| {
+            if let Some(leg) = s.call.dialed.iter_mut().rev().find(|l| l.sid == conf_sid) {
+                leg.status = "completed".into();
+                leg.ended_at = Some(ended);
+                leg.duration = leg
+                    .answered_at
+                    .and_then(|a| ended.duration_since(a).ok())
+                    .map(|d| d.as_millis().div_ceil(1000) as u64);
+                leg.dial_call_status = Some("answered".into());
+            }
+        });
+        DialResult {
+            status: "answered".into(),
+            call_sid: None,
+            duration: None,
+            stop,
+        }
+    }
+}
+
+/// The emulated person reached by a `<Dial>` leg or a participant call
+/// (`conference`: the conference SID it joins once answered).
+async fn human_leg(em: Arc<Inner>, sid: String, outcome: DialOutcome, conference: Option<String>) {
+    let Some((plan, mut hang)) =
+        em.with_call(&sid, |s| (CallPlan::new(&s.call), s.hangup.subscribe()))
+    else {
+        return;
+    };
+    let ring = match outcome {
+        DialOutcome::Answer { .. } => Ring::Answer,
+        DialOutcome::Busy => Ring::Busy,
+        DialOutcome::NoAnswer => Ring::NoAnswer,
+        DialOutcome::Fail => Ring::Fail,
+    };
+    if em.ring(&plan, ring, plan.timeout_ms, &mut hang).await {
+        em.status_callback(&plan, "answered", "in-progress", Vec::new())
+            .await;
+        if let Some(conf) = &conference {
+            em.lock().join(conf, &sid);
+        }
+        let mut stay = match outcome {
+            DialOutcome::Answer { stay_ms } => stay_ms,
+            _ => 0,
+        };
+        if let Some(limit) = plan.time_limit {
+            stay = stay.min(limit.as_millis() as u64);
+        }
+        let deadline = Instant::now().checked_add(Duration::from_millis(stay));
+        loop {
+            if *hang.borrow() || deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            if let Some(conf) = &conference {
+                let in_conf = em
+                    .lock()
+                    .conferences
+                    .iter()
+                    .find(|c| c.sid == *conf)
+                    .and_then(|c| c.participant(&sid))
+                    .is_some_and(Participant::active);
+                if !in_conf {
+                    break;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(POLL_MS)) => {}
+                _ = hang.wait_for(|v| *v) => {}
+            }
+        }
+        em.end(&sid, "completed");
+        if let Some(conf) = &conference {
+            em.lock().leave(conf, &sid, false);
+        }
+    }
+    em.finish(&plan).await;
+    // Never answered (busy, no-answer, failed, canceled): the participant failed.
+    let mut st = em.lock();
+    let status = st.call_ref(&sid).map(|c| c.status.clone());
+    if let Some(status) = status {
+        st.participant_progress(&sid, &status);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Conferences
+
+impl EmState {
+    fn conference_mut(&mut self, sid: &str) -> Option<&mut Conference> {
+        self.conferences.iter_mut().find(|c| c.sid == sid)
+    }
+
+    /// The index of the live conference named `name`, created (`init`) if there is none.
+    fn conference_for(&mut self, name: &str) -> usize {
+        if let Some(i) = self
+            .conferences
+            .iter()
+            .position(|c| c.friendly_name == name && c.status != "completed")
+        {
+            return i;
+        }
+        let now = SystemTime::now();
+        self.conferences.push(Conference {
+            sid: random_sid("CF"),
+            friendly_name: name.to_string(),
+            status: "init".into(),
+            date_created: now,
+            date_updated: now,
+            started_at: None,
+            ended_at: None,
+            reason_conference_ended: None,
+            call_sid_ending_conference: None,
+            participants: Vec::new(),
+        });
+        self.conferences.len() - 1
+    }
+
+    /// The participant `call_sid` (already listed) is now in the conference.
+    fn join(&mut self, conf_sid: &str, call_sid: &str) {
+        let Some(c) = self.conference_mut(conf_sid) else {
+            return;
+        };
+        if c.status == "completed" {
+            return;
+        }
+        let now = SystemTime::now();
+        if let Some(p) = c
+            .participants
+            .iter_mut()
+            .rev()
+            .find(|p| p.call_sid == call_sid && p.active())
+        {
+            p.status = "connected".into();
+            p.joined_at = Some(now);
+            p.date_updated = now;
+        }
+        c.date_updated = now;
+        let connected: Vec<&Participant> = c
+            .participants
+            .iter()
+            .filter(|p| p.status == "connected")
+            .collect();
+        if c.status == "init"
+            && connected.len() >= 2
+            && connected.iter().any(|p| p.start_conference_on_enter)
+        {
+            c.status = "in-progress".into();
+            c.started_at = Some(now);
+        }
+    }
+
+    /// The participant `call_sid` leaves (hung up, redirected, or `kicked`); may end
+    /// the conference. No-op if it already left.
+    fn leave(&mut self, conf_sid: &str, call_sid: &str, kicked: bool) {
+        let Some(i) = self.conferences.iter().position(|c| c.sid == conf_sid) else {
+            return;
+        };
+        let now = SystemTime::now();
+        let c = &mut self.conferences[i];
+        let Some(p) = c
+            .participants
+            .iter_mut()
+            .rev()
+            .find(|p| p.call_sid == call_sid && p.active())
+        else {
+            return;
+        };
+        let joined = p.joined_at.is_some();
+        p.status = if joined { "complete" } else { "failed" }.into();
+        p.left_at = Some(now);
+        p.date_updated = now;
+        p.kicked = kicked;
+        let end_on_exit = joined && p.end_conference_on_exit;
+        c.date_updated = now;
+        if c.status == "completed" {
+            return;
+        }
+        let how = if kicked { "kicked" } else { "left" };
+        if end_on_exit {
+            self.end_conference(
+                i,
+                &format!("participant-with-end-conference-on-exit-{how}"),
+                Some(call_sid),
+            );
+        } else if !c.participants.iter().any(Participant::active) {
+            self.end_conference(i, &format!("last-participant-{how}"), Some(call_sid));
+        }
+    }
+
+    /// The conference ends: everyone still in it (or still being called) leaves.
+    fn end_conference(&mut self, i: usize, reason: &str, ending: Option<&str>) {
+        let now = SystemTime::now();
+        let c = &mut self.conferences[i];
+        if c.status == "completed" {
+            return;
+        }
+        c.status = "completed".into();
+        c.ended_at = Some(now);
+        c.date_updated = now;
+        c.reason_conference_ended = Some(reason.to_string());
+        c.call_sid_ending_conference = ending.map(str::to_string);
+        let mut hang = Vec::new();
+        for p in c.participants.iter_mut().filter(|p| p.active()) {
+            p.status = if p.joined_at.is_some() {
+                "complete"
+            } else {
+                "failed"
+            }
+            .into();
+            p.left_at = Some(now);
+            p.date_updated = now;
+            if p.via_api {
+                hang.push(p.call_sid.clone());
+            }
+        }
+        // Participant calls have nothing left to do; `<Dial>` participants go on
+        // with their TwiML.
+        for sid in hang {
+            if let Some(s) = self.slot(&sid) {
+                s.hangup.send_replace(true);
+            }
+        }
+    }
+
+    /// A participant call's status changed before it joined.
+    fn participant_progress(&mut self, call_sid: &str, call_status: &str) {
+        let mut failed = None;
+        for (i, c) in self.conferences.iter_mut().enumerate() {
+            let Some(p) = c.participants.iter_mut().rev().find(|p| {
+                p.via_api && p.call_sid == call_sid && p.joined_at.is_none() && p.active()
+            }) else {
+                continue;
+            };
+            let status = match call_status {
+                "initiated" => "connecting",
+                "ringing" => "ringing",
+                s if FINAL_STATUSES.contains(&s) => "failed",
+                _ => continue,
+            };
+            p.status = status.into();
+            p.date_updated = SystemTime::now();
+            if status == "failed" {
+                p.left_at = Some(SystemTime::now());
+                failed = Some(i);
+            }
+        }
+        if let Some(i) = failed
+            && self.conferences[i].status != "completed"
+            && !self.conferences[i]
+                .participants
+                .iter()
+                .any(Participant::active)
+        {
+            self.end_conference(i, "last-participant-left", Some(call_sid));
+        }
+    }
+}
+
+impl Inner {
+    /// `…/Conferences…` requests.
+    fn conference_route(
+        self: &Arc<Self>,
+        method: &Method,
+        path: &str,
+        query: &str,
+        tail: &str,
+        form: &[(String, String)],
+    ) -> Reply {
+        let Some(rest) = tail.strip_suffix(".json") else {
+            return not_found(path);
+        };
+        let parts: Vec<String> = rest.split('/').map(percent_decode).collect();
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let not_allowed = || twilio_error(405, 20004, "Method not allowed");
+        match parts.as_slice() {
+            ["Conferences"] => match *method {
+                Method::GET => self.list_conferences(path, query),
+                _ => not_allowed(),
+            },
+            ["Conferences", conf] => match *method {
+                Method::GET => match self.lock().conferences.iter().find(|c| c.sid == *conf) {
+                    Some(c) => reply(200, self.conference_resource(c)),
+                    None => not_found(path),
+                },
+                Method::POST => self.update_conference(path, conf, form),
+                _ => not_allowed(),
+            },
+            ["Conferences", conf, "Participants"] => match *method {
+                Method::GET => self.list_participants(path, query, conf),
+                Method::POST => self.create_participant(path, conf, form),
+                _ => not_allowed(),
+            },
+            ["Conferences", conf, "Participants", who] => match *method {
+                Method::GET | Method::POST | Method::DELETE => {
+                    self.participant_request(method, path, conf, who, form)
+                }
+                _ => not_allowed(),
+            },
+            _ => not_found(path),
+        }
+    }
+
+    fn update_conference(&self, path: &str, conf: &str, form: &[(String, String)]) -> Reply {
+        let status = first(form, "Status");
+        if let Some(s) = status
+            && s != "completed"
+        {
+            return twilio_error(400, 20001, format!("Status must be completed: {s}"));
+        }
+        let mut st = self.lock();
+        let Some(i) = st.conferences.iter().position(|c| c.sid == conf) else {
+            return not_found(path);
+        };
+        if status.is_some() {
+            st.end_conference(i, "conference-ended-via-api", None);
+        }
+        reply(200, self.conference_resource(&st.conferences[i]))
+    }
+
+    fn list_conferences(&self, path: &str, query: &str) -> Reply {
+        let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let mut name = None;
+        let mut status = None;
+        let mut created = Vec::new();
+        let mut updated = Vec::new();
+        let mut filters = Vec::new();
+        let mut paging = (DEFAULT_PAGE_SIZE, 0usize);
+        for (k, v) in &params {
+            let time = |cmp: Cmp| -> Result<TimeFilter, Reply> {
+                let (at_ms, day) = parse_date(v).ok_or_else(|| {
+                    twilio_error(400, 20001, format!("Invalid value for {k}: {v}"))
+                })?;
+                Ok(TimeFilter {
+                    on_start: true,
+                    cmp,
+                    at_ms,
+                    day,
+                })
+            };
+            let r = match k.as_str() {
+                "PageSize" | "Page" | "PageToken" => match parse_paging(k, v, &mut paging) {
+                    Ok(()) => continue,
+                    Err(m) => return twilio_error(400, 20001, m),
+                },
+                "FriendlyName" => {
+                    name = Some(v.clone());
+                    Ok(())
+                }
+                "Status" => {
+                    if !["init", "in-progress", "completed"].contains(&v.as_str()) {
+                        return twilio_error(400, 20001, format!("Invalid value for Status: {v}"));
+                    }
+                    status = Some(v.clone());
+                    Ok(())
+                }
+                "DateCreated" => time(Cmp::On).map(|t| created.push(t)),
+                "DateCreated<" => time(Cmp::OnOrBefore).map(|t| created.push(t)),
+                "DateCreated>" => time(Cmp::OnOrAfter).map(|t| created.push(t)),
+                "DateUpdated" => time(Cmp::On).map(|t| updated.push(t)),
+                "DateUpdated<" => time(Cmp::OnOrBefore).map(|t| updated.push(t)),
+                "DateUpdated>" => time(Cmp::OnOrAfter).map(|t| updated.push(t)),
+                _ => continue,
+            };
+            if let Err(e) = r {
+                return e;
+            }
+            filters.push((k.clone(), v.clone()));
+        }
+        let st = self.lock();
+        let items: Vec<Value> = st
+            .conferences
+            .iter()
+            .rev()
+            .filter(|c| name.as_ref().is_none_or(|n| *n == c.friendly_name))
+            .filter(|c| status.as_ref().is_none_or(|s| *s == c.status))
+            .filter(|c| created.iter().all(|t| t.matches(Some(c.date_created))))
+            .filter(|c| updated.iter().all(|t| t.matches(Some(c.date_updated))))
+            .map(|c| self.conference_resource(c))
+            .collect();
+        page_reply("conferences", path, query, &filters, paging, items)
+    }
+
+    fn list_participants(&self, path: &str, query: &str, conf: &str) -> Reply {
+        let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let mut filters = Vec::new();
+        let mut want: Vec<(&str, bool)> = Vec::new();
+        let mut paging = (DEFAULT_PAGE_SIZE, 0usize);
+        for (k, v) in &params {
+            match k.as_str() {
+                "PageSize" | "Page" | "PageToken" => {
+                    if let Err(m) = parse_paging(k, v, &mut paging) {
+                        return twilio_error(400, 20001, m);
+                    }
+                    continue;
+                }
+                "Muted" | "Hold" | "Coaching" => {
+                    let b = match v.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => {
+                            return twilio_error(400, 20001, format!("Invalid value for {k}: {v}"));
+                        }
+                    };
+                    want.push((
+                        match k.as_str() {
+                            "Muted" => "muted",
+                            "Hold" => "hold",
+                            _ => "coaching",
+                        },
+                        b,
+                    ));
+                }
+                _ => continue,
+            }
+            filters.push((k.clone(), v.clone()));
+        }
+        let st = self.lock();
+        let Some(c) = st.conferences.iter().find(|c| c.sid == conf) else {
+            return not_found(path);
+        };
+        let items: Vec<Value> = c
+            .participants
+            .iter()
+            .filter(|p| p.active())
+            .filter(|p| {
+                want.iter().all(|(f, b)| match *f {
+                    "muted" => p.muted == *b,
+                    "hold" => p.hold == *b,
+                    _ => p.coaching == *b,
+                })
+            })
+            .map(|p| self.participant_resource(c, p))
+            .collect();
+        page_reply("participants", path, query, &filters, paging, items)
+    }
+
+    fn create_participant(
+        self: &Arc<Self>,
+        path: &str,
+        conf: &str,
+        form: &[(String, String)],
+    ) -> Reply {
+        let to = first(form, "To").unwrap_or_default().trim();
+        let reachable = is_e164(to) || to.starts_with("sip:") || to.starts_with("client:");
+        if !reachable {
+            return twilio_error(400, 21211, format!("Invalid 'To' Phone Number: {to}"));
+        }
+        let from = match first(form, "From").or(first(form, "CallerId")) {
+            None | Some("") => {
+                return twilio_error(400, 21212, "A 'From' phone number is required.");
+            }
+            Some(f) if is_e164(to) && !is_e164(f) => {
+                return twilio_error(400, 21212, format!("Invalid From Number (caller ID): {f}"));
+            }
+            Some(f) => f,
+        };
+        if let Some(u) = first(form, "StatusCallback")
+            && !is_http_url(u)
+        {
+            return twilio_error(
+                400,
+                21205,
+                format!("StatusCallback is not a valid URL: {u}"),
+            );
+        }
+        let flag = |k: &str, default: bool| -> Result<bool, Reply> {
+            match first(form, k) {
+                None => Ok(default),
+                Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+                Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+                Some(v) => Err(twilio_error(
+                    400,
+                    20001,
+                    format!("Invalid value for {k}: {v}"),
+                )),
+            }
+        };
+        let (start, end, muted, early, coaching) = match (
+            flag("StartConferenceOnEnter", true),
+            flag("EndConferenceOnExit", false),
+            flag("Muted", false),
+            flag("EarlyMedia", true),
+            flag("Coaching", false),
+        ) {
+            (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)) => (a, b, c, d, e),
+            (Err(r), ..)
+            | (_, Err(r), ..)
+            | (_, _, Err(r), ..)
+            | (.., Err(r), _)
+            | (.., Err(r)) => {
+                return r;
+            }
+        };
+        let outcome = self.dial_outcome(to);
+        let mut st = self.lock();
+        let i = if conf.starts_with("CF") && conf.len() == 34 {
+            match st.conferences.iter().position(|c| c.sid == conf) {
+                None => return not_found(path),
+                Some(i) if st.conferences[i].status == "completed" => {
+                    return twilio_error(
+                        400,
+                        20001,
+                        format!("Conference {conf} is completed: no participant can be added"),
+                    );
+                }
+                Some(i) => i,
+            }
+        } else {
+            // A friendly name: the conference is created if it does not exist.
+            st.conference_for(conf)
+        };
+        let label = first(form, "Label").filter(|l| !l.is_empty());
+        if let Some(l) = label
+            && st.conferences[i]
+                .participants
+                .iter()
+                .any(|p| p.active() && p.label.as_deref() == Some(l))
+        {
+            return twilio_error(
+                400,
+                20001,
+                format!("Label {l} is already in use in this conference"),
+            );
+        }
+        let now = SystemTime::now();
+        let call_sid = random_sid("CA");
+        let participant = Participant {
+            call_sid: call_sid.clone(),
+            label: label.map(str::to_string),
+            status: "queued".into(),
+            hold: false,
+            muted,
+            coaching,
+            start_conference_on_enter: start,
+            end_conference_on_exit: end,
+            beep: first(form, "Beep").unwrap_or("true").to_string(),
+            early_media: early,
+            via_api: true,
+            kicked: false,
+            date_created: now,
+            date_updated: now,
+            joined_at: None,
+            left_at: None,
+        };
+        st.conferences[i].participants.push(participant.clone());
+        st.conferences[i].date_updated = now;
+        let conf_sid = st.conferences[i].sid.clone();
+        let call = EmulatedCall::new(
+            call_sid.clone(),
+            to,
+            from,
+            form.to_vec(),
+            "outbound-api",
+            None,
+        );
+        st.calls.push(Slot::new(call));
+        let mut body = self.participant_resource(&st.conferences[i], &participant);
+        body["queue_time"] = json!("0");
+        drop(st);
+        self.spawn(human_leg(self.clone(), call_sid, outcome, Some(conf_sid)));
+        reply(201, body)
+    }
+
+    fn participant_request(
+        &self,
+        method: &Method,
+        path: &str,
+        conf: &str,
+        who: &str,
+        form: &[(String, String)],
+    ) -> Reply {
+        let mut st = self.lock();
+        let Some(ci) = st.conferences.iter().position(|c| c.sid == conf) else {
+            return not_found(path);
+        };
+        let Some(pi) = st.conferences[ci]
+            .participants
+            .iter()
+            .rposition(|p| p.active() && (p.call_sid == who || p.label.as_deref() == Some(who)))
+        else {
+            return not_found(path);
+        };
+        let call_sid = st.conferences[ci].participants[pi].call_sid.clone();
+        match *method {
+            Method::GET => {
+                let c = &st.conferences[ci];
+                reply(200, self.participant_resource(c, &c.participants[pi]))
+            }
+            Method::DELETE => {
+                let via_api = st.conferences[ci].participants[pi].via_api;
+                st.leave(conf, &call_sid, true);
+                if via_api && let Some(s) = st.slot(&call_sid) {
+                    s.hangup.send_replace(true);
+                }
+                reply(204, Value::Null)
+            }
+            _ => {
+                let mut flags = Vec::new();
+                for k in ["Hold", "Muted", "EndConferenceOnExit", "Coaching"] {
+                    if let Some(v) = first(form, k) {
+                        let b = match v {
+                            "true" => true,
+                            "false" => false,
+                            // Twilio: anything else than `true` is `false` for Muted.
+                            _ if k == "Muted" => false,
+                            _ => {
+                                return twilio_error(
+                                    400,
+                                    20001,
+                                    format!("Invalid value for {k}: {v}"),
+                                );
+                            }
+                        };
+                        flags.push((k, b));
+                    }
+                }
+                let now = SystemTime::now();
+                let c = &mut st.conferences[ci];
+                let p = &mut c.participants[pi];
+                for (k, b) in flags {
+                    match k {
+                        "Hold" => p.hold = b,
+                        "Muted" => p.muted = b,
+                        "EndConferenceOnExit" => p.end_conference_on_exit = b,
+                        _ => p.coaching = b,
+                    }
+                }
+                p.date_updated = now;
+                let c = &st.conferences[ci];
+                reply(200, self.participant_resource(c, &c.participants[pi]))
+            }
+        }
+    }
+
+    /// Twilio's conference resource.
+    fn conference_resource(&self, c: &Conference) -> Value {
+        let acct = &self.cfg.account_sid;
+        let base = format!("/{API_VERSION}/Accounts/{acct}/Conferences/{}", c.sid);
+        json!({
+            "account_sid": acct,
+            "api_version": API_VERSION,
+            "call_sid_ending_conference": c.call_sid_ending_conference,
+            "date_created": rfc2822(c.date_created),
+            "date_updated": rfc2822(c.date_updated),
+            "friendly_name": c.friendly_name,
+            "reason_conference_ended": c.reason_conference_ended,
+            "region": "us1",
+            "sid": c.sid,
+            "status": c.status,
+            "subresource_uris": {
+                "participants": format!("{base}/Participants.json"),
+                "recordings": format!("{base}/Recordings.json"),
+            },
+            "uri": format!("{base}.json"),
+        })
+    }
+
+    /// Twilio's participant resource.
+    fn participant_resource(&self, c: &Conference, p: &Participant) -> Value {
+        let acct = &self.cfg.account_sid;
+        json!({
+            "account_sid": acct,
+            "call_sid": p.call_sid,
+            "call_sid_to_coach": null,
+            "coaching": p.coaching,
+            "conference_sid": c.sid,
+            "date_created": rfc2822(p.date_created),
+            "date_updated": rfc2822(p.date_updated),
+            "end_conference_on_exit": p.end_conference_on_exit,
+            "hold": p.hold,
+            "label": p.label,
+            "muted": p.muted,
+            "start_conference_on_enter": p.start_conference_on_enter,
+            "status": p.status,
+            "uri": format!(
+                "/{API_VERSION}/Accounts/{acct}/Conferences/{}/Participants/{}.json",
+                c.sid, p.call_sid
+            ),
+        })
+    }
+}
+
+/// `PageSize` / `Page` of a simple list (page tokens are accepted and ignored).
+fn parse_paging(k: &str, v: &str, paging: &mut (usize, usize)) -> Result<(), String> {
+    match k {
+        "PageSize" => {
+            paging.0 = v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+                .ok_or_else(|| format!("PageSize must be between 1 and {MAX_PAGE_SIZE}: {v}"))?;
+        }
+        "Page" => {
+            paging.1 = v
+                .parse()
+                .map_err(|_| format!("Page must be a non-negative integer: {v}"))?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// One page of `items` under `key`, with Twilio's paging fields.
+fn page_reply(
+    key: &str,
+    path: &str,
+    query: &str,
+    filters: &[(String, String)],
+    (page_size, page): (usize, usize),
+    items: Vec<Value>,
+) -> Reply {
+    let total = items.len();
+    let start = page.saturating_mul(page_size);
+    let page_items: Vec<Value> = items.into_iter().skip(start).take(page_size).collect();
+    let page_uri = |page: usize| {
+        let mut ser = url::form_urlencoded::Serializer::new(String::new());
+        ser.extend_pairs(filters.iter());
+        ser.append_pair("PageSize", &page_size.to_string());
+        ser.append_pair("Page", &page.to_string());
+        format!("{path}?{}", ser.finish())
+    };
+    let next = (start + page_size < total).then(|| page_uri(page + 1));
+    let previous = (page > 0).then(|| page_uri(page - 1));
+    let uri = if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    };
+    let mut body = json!({
+        "end": (start + page_items.len()).saturating_sub(1).max(start),
+        "first_page_uri": page_uri(0),
+        "next_page_uri": next,
+        "page": page,
+        "page_size": page_size,
+        "previous_page_uri": previous,
+        "start": start,
+        "uri": uri,
+    });
+    body[key] = Value::Array(page_items);
+    reply(200, body)
+}
+
+/// Decode `%XX` escapes of a path segment (invalid escapes are kept as written).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(h) = s.get(i + 1..i + 3)
+            && let Ok(v) = u8::from_str_radix(h, 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
     p.iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -1647,6 +3574,7 @@ impl TimeFilter {
 struct ListQuery {
     to: Option<String>,
     from: Option<String>,
+    parent: Option<String>,
     status: Option<String>,
     times: Vec<TimeFilter>,
     page_size: usize,
@@ -1661,6 +3589,7 @@ impl ListQuery {
         let mut q = ListQuery {
             to: None,
             from: None,
+            parent: None,
             status: None,
             times: Vec::new(),
             page_size: DEFAULT_PAGE_SIZE,
@@ -1708,6 +3637,7 @@ impl ListQuery {
                 }
                 "To" => q.to = Some(v.clone()),
                 "From" => q.from = Some(v.clone()),
+                "ParentCallSid" => q.parent = Some(v.clone()),
                 "Status" => {
                     if !CALL_STATUSES.contains(&v.as_str()) {
                         return Err(format!("Invalid value for Status: {v}"));
@@ -1731,6 +3661,10 @@ impl ListQuery {
     fn matches(&self, c: &EmulatedCall) -> bool {
         self.to.as_ref().is_none_or(|t| *t == c.to)
             && self.from.as_ref().is_none_or(|f| *f == c.from)
+            && self
+                .parent
+                .as_ref()
+                .is_none_or(|p| c.parent_call_sid.as_ref() == Some(p))
             && self.status.as_ref().is_none_or(|s| *s == c.status)
             && self
                 .times
@@ -1922,37 +3856,10 @@ mod tests {
 
     /// A call that stays queued (never dialed): no start_time.
     fn insert_queued(em: &TwilioEmulator, to: &str) -> String {
-        let now = SystemTime::now();
         let sid = random_sid("CA");
-        em.inner.lock().calls.push(Slot {
-            call: EmulatedCall {
-                sid: sid.clone(),
-                to: to.into(),
-                from: FROM.into(),
-                params: Vec::new(),
-                status: "queued".into(),
-                timeline: vec![StatusChange {
-                    status: "queued".into(),
-                    at: now,
-                }],
-                callbacks: Vec::new(),
-                updates: Vec::new(),
-                answered_by: None,
-                date_created: now,
-                start_time: None,
-                answer_time: None,
-                end_time: None,
-                duration: None,
-                recording_sid: None,
-                report: None,
-                error: None,
-                done: true,
-            },
-            hangup: watch::channel(false).0,
-            seq: 0,
-            answered_at: None,
-            ended_at: None,
-        });
+        let mut call = EmulatedCall::new(sid.clone(), to, FROM, Vec::new(), "outbound-api", None);
+        call.done = true;
+        em.inner.lock().calls.push(Slot::new(call));
         sid
     }
 
@@ -2384,5 +4291,905 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         false
+    }
+
+    // -- call updates, <Dial> and conferences ------------------------------------------
+
+    use std::collections::HashMap;
+    use voxbridge_twilio::signature::validate_signature;
+
+    /// A request the test app received.
+    #[derive(Clone, Debug)]
+    struct AppHit {
+        path: String,
+        signature: String,
+        form: Vec<(String, String)>,
+        at: Instant,
+    }
+
+    impl AppHit {
+        fn param(&self, k: &str) -> Option<&str> {
+            first(&self.form, k)
+        }
+    }
+
+    #[derive(Default)]
+    struct AppLog {
+        hits: Vec<AppHit>,
+        /// Per media session: the events received, and whether it closed.
+        ws: Vec<(Vec<String>, bool)>,
+    }
+
+    /// A voxbridge stand-in: `/voice` answers `<Connect><Stream>` to its `/media`,
+    /// which records the Media Streams events; any other path is recorded and
+    /// answered with the TwiML set for it in `twiml` (else 204).
+    #[derive(Clone)]
+    struct TestApp {
+        port: u16,
+        log: Arc<Mutex<AppLog>>,
+        twiml: Arc<Mutex<HashMap<String, String>>>,
+    }
+
+    impl TestApp {
+        async fn start() -> TestApp {
+            use axum::extract::ws::{Message, WebSocketUpgrade};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            let app = TestApp {
+                port,
+                log: Arc::default(),
+                twiml: Arc::default(),
+            };
+            app.set(
+                "/voice",
+                &format!(
+                    "<Response><Connect><Stream url=\"wss://127.0.0.1:{port}/media\"/></Connect></Response>"
+                ),
+            );
+            let media = {
+                let app = app.clone();
+                move |ws: WebSocketUpgrade| {
+                    let app = app.clone();
+                    async move {
+                        ws.on_upgrade(move |mut socket| async move {
+                            let idx = {
+                                let mut log = lock_or_poisoned(&app.log);
+                                log.ws.push((Vec::new(), false));
+                                log.ws.len() - 1
+                            };
+                            while let Some(Ok(m)) = socket.recv().await {
+                                match m {
+                                    Message::Text(t) => {
+                                        let v: Value =
+                                            serde_json::from_str(t.as_str()).unwrap_or_default();
+                                        let ev = v["event"].as_str().unwrap_or("?").to_string();
+                                        lock_or_poisoned(&app.log).ws[idx].0.push(ev);
+                                    }
+                                    Message::Close(_) => break,
+                                    _ => {}
+                                }
+                            }
+                            lock_or_poisoned(&app.log).ws[idx].1 = true;
+                        })
+                    }
+                }
+            };
+            let hit = {
+                let app = app.clone();
+                move |uri: Uri, headers: HeaderMap, body: Bytes| {
+                    let app = app.clone();
+                    async move {
+                        let path = uri.path().to_string();
+                        let form = url::form_urlencoded::parse(&body).into_owned().collect();
+                        let signature = headers
+                            .get(SIGNATURE_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string();
+                        lock_or_poisoned(&app.log).hits.push(AppHit {
+                            path: path.clone(),
+                            signature,
+                            form,
+                            at: Instant::now(),
+                        });
+                        match lock_or_poisoned(&app.twiml).get(&path).cloned() {
+                            Some(t) => ([(header::CONTENT_TYPE, "text/xml")], t).into_response(),
+                            None => StatusCode::NO_CONTENT.into_response(),
+                        }
+                    }
+                }
+            };
+            let router = Router::new()
+                .route("/media", axum::routing::get(media))
+                .fallback(hit);
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, router).await;
+            });
+            app
+        }
+
+        fn url(&self, path: &str) -> String {
+            format!("http://127.0.0.1:{}{path}", self.port)
+        }
+
+        fn set(&self, path: &str, twiml: &str) {
+            lock_or_poisoned(&self.twiml).insert(path.into(), twiml.into());
+        }
+
+        fn hits(&self, path: &str) -> Vec<AppHit> {
+            lock_or_poisoned(&self.log)
+                .hits
+                .iter()
+                .filter(|h| h.path == path)
+                .cloned()
+                .collect()
+        }
+
+        fn ws(&self) -> Vec<(Vec<String>, bool)> {
+            lock_or_poisoned(&self.log).ws.clone()
+        }
+
+        async fn wait_stream_started(&self, n: usize) {
+            let ok = eventually(|| {
+                self.ws()
+                    .get(n)
+                    .is_some_and(|(ev, _)| ev.iter().any(|e| e == "start"))
+            })
+            .await;
+            assert!(ok, "media stream {n} never started: {:?}", self.ws());
+        }
+
+        /// The signature of a POST the emulator sent here is Twilio's.
+        fn assert_signed(&self, h: &AppHit) {
+            assert!(
+                validate_signature(
+                    "emulator_auth_token",
+                    &self.url(&h.path),
+                    &h.form,
+                    &h.signature
+                ),
+                "bad signature on {} {:?}",
+                h.path,
+                h.form
+            );
+        }
+    }
+
+    const HUMAN: &str = "+14155550177";
+    const AGENT_SIP: &str = "sip:agent@pbx.example.com";
+
+    /// An emulator whose calls stream until hung up or redirected.
+    async fn transfer_emulator(dial_outcomes: Vec<(String, DialOutcome)>) -> TwilioEmulator {
+        emulator(TwilioEmulatorConfig {
+            default_script: vec![CallerStep::Silence { ms: 30_000 }],
+            dial_outcomes,
+            ..TwilioEmulatorConfig::default()
+        })
+        .await
+    }
+
+    async fn api(
+        em: &TwilioEmulator,
+        method: reqwest::Method,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let url = format!(
+            "{}/{API_VERSION}/Accounts/{}/{path}",
+            em.base_url(),
+            em.config().account_sid
+        );
+        let r = reqwest::Client::new()
+            .request(method, url)
+            .basic_auth(&em.config().account_sid, Some(&em.config().auth_token))
+            .form(form)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn update(em: &TwilioEmulator, sid: &str, form: &[(&str, &str)]) -> Value {
+        let (st, v) = api(
+            em,
+            reqwest::Method::POST,
+            &format!("Calls/{sid}.json"),
+            form,
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        v
+    }
+
+    /// A call to `to` streaming with the test app (the "AI leg").
+    async fn streaming_call(em: &TwilioEmulator, app: &TestApp, to: &str) -> String {
+        let status = app.url("/status");
+        let voice = app.url("/voice");
+        let (st, v) = api(
+            em,
+            reqwest::Method::POST,
+            "Calls.json",
+            &[
+                ("To", to),
+                ("From", FROM),
+                ("Url", &voice),
+                ("StatusCallback", &status),
+            ],
+        )
+        .await;
+        assert_eq!(st, 201, "{v}");
+        let sid = v["sid"].as_str().expect("sid").to_string();
+        let n = app.ws().len();
+        app.wait_stream_started(n).await;
+        sid
+    }
+
+    fn assert_stream_stopped(app: &TestApp, n: usize) {
+        let ws = app.ws();
+        let (events, closed) = &ws[n];
+        assert_eq!(
+            events.last().map(String::as_str),
+            Some("stop"),
+            "{events:?}"
+        );
+        assert!(closed);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn update_to_dial_number_ends_the_stream_and_bridges_the_human() {
+        let app = TestApp::start().await;
+        app.set("/after", "<Response><Say>Goodbye</Say></Response>");
+        let em =
+            transfer_emulator(vec![(HUMAN.into(), DialOutcome::Answer { stay_ms: 400 })]).await;
+        let parent = streaming_call(&em, &app, "+14155550131").await;
+
+        let dial = format!(
+            "<Response><Dial callerId=\"+14155550100\" timeout=\"10\" action=\"{}\">\
+             <Number statusCallback=\"{}\" statusCallbackEvent=\"initiated ringing answered completed\">{HUMAN}</Number>\
+             </Dial></Response>",
+            app.url("/after"),
+            app.url("/child")
+        );
+        let r = update(&em, &parent, &[("Twiml", &dial)]).await;
+        assert_eq!(r["status"], "in-progress");
+        let legs = em.wait_dialed(&parent, DONE).await.expect("dialed");
+        assert_eq!(legs.len(), 1);
+        assert_eq!(
+            (legs[0].kind, legs[0].to.as_str()),
+            (DialKind::Number, HUMAN)
+        );
+        assert!(legs[0].sid.starts_with("CA") && legs[0].sid.len() == 34);
+        let child_sid = legs[0].sid.clone();
+        // The AI leg's media stream ended like on a real update.
+        assert!(eventually(|| app.ws()[0].1).await);
+        assert_stream_stopped(&app, 0);
+
+        let call = em.wait_call_done(&parent, DONE).await.expect("parent ends");
+        assert_eq!(call.status, "completed");
+        assert_eq!(call.error, None);
+        let leg = &call.dialed[0];
+        assert_eq!(leg.status, "completed");
+        assert_eq!(leg.dial_call_status.as_deref(), Some("completed"));
+        assert!(leg.answered_at.is_some() && leg.ended_at.is_some());
+        assert_eq!(leg.caller_id, FROM);
+        assert_eq!(leg.action.as_deref(), Some(app.url("/after").as_str()));
+
+        let child = em.call(&child_sid).expect("child call");
+        assert_eq!(child.direction, "outbound-dial");
+        assert_eq!(child.parent_call_sid.as_deref(), Some(parent.as_str()));
+        assert_eq!(
+            child.statuses(),
+            ["queued", "initiated", "ringing", "in-progress", "completed"]
+        );
+        assert!(child.done);
+        let child_cbs = app.hits("/child");
+        let statuses: Vec<_> = child_cbs.iter().map(|h| h.param("CallStatus")).collect();
+        assert_eq!(
+            statuses,
+            [
+                Some("initiated"),
+                Some("ringing"),
+                Some("in-progress"),
+                Some("completed")
+            ]
+        );
+        for h in &child_cbs {
+            app.assert_signed(h);
+            assert_eq!(h.param("ParentCallSid"), Some(parent.as_str()));
+            assert_eq!(h.param("Direction"), Some("outbound-dial"));
+        }
+
+        // The action: signed, with the dial result, after the human hung up.
+        let action = app.hits("/after");
+        assert_eq!(action.len(), 1);
+        let a = &action[0];
+        app.assert_signed(a);
+        assert_eq!(a.param("CallSid"), Some(parent.as_str()));
+        assert_eq!(a.param("CallStatus"), Some("in-progress"));
+        assert_eq!(a.param("DialCallStatus"), Some("completed"));
+        assert_eq!(a.param("DialCallSid"), Some(child_sid.as_str()));
+        assert_eq!(
+            a.param("DialCallDuration"),
+            Some(child.duration.expect("duration").to_string().as_str())
+        );
+        assert!(a.at >= child_cbs.last().expect("completed").at);
+        let sources: Vec<_> = call.twiml_executed.iter().map(|t| t.source).collect();
+        assert_eq!(
+            sources,
+            [
+                TwimlSource::Create,
+                TwimlSource::Update,
+                TwimlSource::DialAction
+            ]
+        );
+        assert_eq!(call.twiml_executed[1].verbs, ["Dial"]);
+        assert_eq!(call.said, ["Goodbye"]);
+        let parent_cbs = app.hits("/status");
+        assert_eq!(
+            parent_cbs.last().and_then(|h| h.param("CallStatus")),
+            Some("completed")
+        );
+
+        // The child call is listed, with its parent.
+        let (st, v) = get_json(
+            &em,
+            &format!(
+                "/{API_VERSION}/Accounts/{}/Calls.json?ParentCallSid={parent}",
+                em.config().account_sid
+            ),
+        )
+        .await;
+        assert_eq!(st, 200);
+        assert_eq!(sids(&v), std::slice::from_ref(&child_sid));
+        assert_eq!(v["calls"][0]["direction"], "outbound-dial");
+        assert_eq!(v["calls"][0]["parent_call_sid"], parent.as_str());
+        assert_eq!(v["calls"][0]["from"], FROM);
+        em.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dial_sip_simultaneous_numbers_and_hangup_during_dial() {
+        let app = TestApp::start().await;
+        app.set("/after", "<Response><Say>never run</Say></Response>");
+        let ringing = "+14155550178";
+        let em = transfer_emulator(vec![
+            (AGENT_SIP.into(), DialOutcome::Answer { stay_ms: 300 }),
+            (ringing.into(), DialOutcome::NoAnswer),
+            (HUMAN.into(), DialOutcome::Answer { stay_ms: u64::MAX }),
+        ])
+        .await;
+
+        // <Sip> without action: the parent completes when the agent hangs up.
+        let parent = streaming_call(&em, &app, "+14155550132").await;
+        let twiml = format!("<Response><Dial><Sip>{AGENT_SIP}</Sip></Dial></Response>");
+        update(&em, &parent, &[("Twiml", &twiml)]).await;
+        let call = em.wait_call_done(&parent, DONE).await.expect("ends");
+        assert_eq!(call.status, "completed");
+        assert_stream_stopped(&app, 0);
+        let leg = &call.dialed[0];
+        assert_eq!((leg.kind, leg.to.as_str()), (DialKind::Sip, AGENT_SIP));
+        assert_eq!(leg.status, "completed");
+        let child = em.call(&leg.sid).expect("child");
+        assert_eq!(child.to, AGENT_SIP);
+        assert!(
+            call.end_time >= child.end_time,
+            "the parent ends after its leg"
+        );
+
+        // Two numbers at once: the first to answer is bridged, the other hung up; a REST
+        // hang-up of the parent ends the bridge and still requests the action.
+        let parent = streaming_call(&em, &app, "+14155550133").await;
+        let twiml = format!(
+            "<Response><Dial action=\"{}\"><Number>{ringing}</Number><Number>{HUMAN}</Number></Dial><Say>not reached</Say></Response>",
+            app.url("/after")
+        );
+        update(&em, &parent, &[("Twiml", &twiml)]).await;
+        let answered = eventually(|| {
+            em.dialed(&parent)
+                .iter()
+                .any(|l| l.to == HUMAN && l.status == "in-progress")
+        })
+        .await;
+        assert!(answered, "{:?}", em.dialed(&parent));
+        let r = update(&em, &parent, &[("Status", "completed")]).await;
+        assert_eq!(r["status"], "completed");
+        let call = em.wait_call_done(&parent, DONE).await.expect("ends");
+        let by_to = |to: &str| {
+            call.dialed
+                .iter()
+                .find(|l| l.to == to)
+                .expect("leg")
+                .clone()
+        };
+        // The other number was still ringing: it is hung up.
+        assert_eq!(by_to(ringing).status, "canceled");
+        let human = by_to(HUMAN);
+        assert_eq!(human.status, "completed");
+        assert_eq!(human.dial_call_status.as_deref(), Some("completed"));
+        let a = app.hits("/after");
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].param("CallStatus"), Some("completed"));
+        assert_eq!(a[0].param("DialCallSid"), Some(human.sid.as_str()));
+        assert!(
+            call.said.is_empty(),
+            "the action's TwiML is ignored: {:?}",
+            call.said
+        );
+        em.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn busy_and_unanswered_humans_report_to_the_action() {
+        let app = TestApp::start().await;
+        app.set(
+            "/after",
+            "<Response><Say>Sorry, nobody is free</Say><Hangup/></Response>",
+        );
+        let silent = "+14155550179";
+        let em = transfer_emulator(vec![
+            (HUMAN.into(), DialOutcome::Busy),
+            (silent.into(), DialOutcome::NoAnswer),
+        ])
+        .await;
+        for (to, timeout, want) in [(HUMAN, "10", "busy"), (silent, "1", "no-answer")] {
+            let before = app.hits("/after").len();
+            let parent = streaming_call(&em, &app, "+14155550134").await;
+            let twiml = format!(
+                "<Response><Dial timeout=\"{timeout}\" action=\"/after\"><Number>{to}</Number></Dial></Response>"
+            );
+            // A relative action is resolved against the document's URL (Url= here).
+            app.set("/dial", &twiml);
+            let dial_url = app.url("/dial");
+            update(&em, &parent, &[("Url", &dial_url), ("Method", "POST")]).await;
+            let call = em.wait_call_done(&parent, DONE).await.expect("ends");
+            assert_eq!(call.status, "completed");
+            assert_eq!(call.error, None, "{to}");
+            let fetch = app.hits("/dial");
+            let f = fetch.last().expect("the update's Url was fetched");
+            app.assert_signed(f);
+            assert_eq!(f.param("CallSid"), Some(parent.as_str()));
+            let leg = &call.dialed[0];
+            assert_eq!(leg.status, want);
+            assert_eq!(leg.dial_call_status.as_deref(), Some(want));
+            let hits = app.hits("/after");
+            assert_eq!(hits.len(), before + 1);
+            let a = &hits[before];
+            app.assert_signed(a);
+            assert_eq!(a.param("DialCallStatus"), Some(want));
+            assert_eq!(a.param("DialCallSid"), Some(leg.sid.as_str()));
+            assert_eq!(a.param("DialCallDuration"), Some("0"));
+            assert_eq!(call.said, ["Sorry, nobody is free"]);
+            let kinds: Vec<_> = call
+                .callbacks
+                .iter()
+                .filter(|c| matches!(c.kind, CallbackKind::Redirect | CallbackKind::DialAction))
+                .map(|c| c.kind)
+                .collect();
+            assert_eq!(kinds, [CallbackKind::Redirect, CallbackKind::DialAction]);
+        }
+        em.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn warm_transfer_through_a_conference() {
+        let app = TestApp::start().await;
+        app.set("/left", "<Response><Hangup/></Response>");
+        let em =
+            transfer_emulator(vec![(HUMAN.into(), DialOutcome::Answer { stay_ms: 500 })]).await;
+        let caller = streaming_call(&em, &app, "+14155550135").await;
+
+        // The caller goes into the conference; the AI leg (its stream) leaves.
+        let twiml = format!(
+            "<Response><Dial action=\"{}\"><Conference startConferenceOnEnter=\"true\" endConferenceOnExit=\"true\" waitUrl=\"\">transfer-1</Conference></Dial></Response>",
+            app.url("/left")
+        );
+        update(&em, &caller, &[("Twiml", &twiml)]).await;
+        let conf = em
+            .wait_conference("transfer-1", "init", DONE)
+            .await
+            .expect("conference created");
+        assert!(conf.sid.starts_with("CF") && conf.sid.len() == 34);
+        assert!(eventually(|| app.ws()[0].1).await);
+        assert_stream_stopped(&app, 0);
+        let leg = &em.dialed(&caller)[0];
+        assert_eq!(
+            (leg.kind, leg.sid.as_str()),
+            (DialKind::Conference, conf.sid.as_str())
+        );
+
+        let (st, v) = api(
+            &em,
+            reqwest::Method::GET,
+            "Conferences.json?FriendlyName=transfer-1",
+            &[],
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["conferences"][0]["sid"], conf.sid.as_str());
+        assert_eq!(v["conferences"][0]["status"], "init");
+
+        // The human is added as a participant; the conference starts when they answer.
+        let pstatus = app.url("/pstatus");
+        let (st, p) = api(
+            &em,
+            reqwest::Method::POST,
+            &format!("Conferences/{}/Participants.json", conf.sid),
+            &[
+                ("From", FROM),
+                ("To", HUMAN),
+                ("Label", "agent"),
+                ("EarlyMedia", "true"),
+                ("Beep", "false"),
+                ("StartConferenceOnEnter", "true"),
+                ("EndConferenceOnExit", "false"),
+                ("StatusCallback", &pstatus),
+                ("StatusCallbackEvent", "answered completed"),
+            ],
+        )
+        .await;
+        assert_eq!(st, 201, "{p}");
+        assert_eq!(p["status"], "queued");
+        assert_eq!(p["label"], "agent");
+        assert_eq!(p["conference_sid"], conf.sid.as_str());
+        let human = p["call_sid"].as_str().expect("call sid").to_string();
+        let conf = em
+            .wait_conference("transfer-1", "in-progress", DONE)
+            .await
+            .expect("started");
+        assert_eq!(conf.active_participants().len(), 2);
+        let base = format!("Conferences/{}/Participants", conf.sid);
+        let (_, list) = api(&em, reqwest::Method::GET, &format!("{base}.json"), &[]).await;
+        let mut listed: Vec<&str> = list["participants"]
+            .as_array()
+            .expect("participants")
+            .iter()
+            .map(|p| p["call_sid"].as_str().unwrap_or_default())
+            .collect();
+        listed.sort_unstable();
+        let mut want = vec![caller.as_str(), human.as_str()];
+        want.sort_unstable();
+        assert_eq!(listed, want);
+        // Hold the caller by label-less SID, the agent by label.
+        let (st, held) = api(
+            &em,
+            reqwest::Method::POST,
+            &format!("{base}/{caller}.json"),
+            &[("Hold", "true")],
+        )
+        .await;
+        assert_eq!((st, &held["hold"]), (200, &json!(true)), "{held}");
+        let (_, agent) = api(
+            &em,
+            reqwest::Method::GET,
+            &format!("{base}/agent.json"),
+            &[],
+        )
+        .await;
+        assert_eq!(agent["call_sid"], human.as_str());
+        assert_eq!(agent["status"], "connected");
+        let (_, on_hold) = api(
+            &em,
+            reqwest::Method::GET,
+            &format!("{base}.json?Hold=true"),
+            &[],
+        )
+        .await;
+        assert_eq!(on_hold["participants"].as_array().map(Vec::len), Some(1));
+        api(
+            &em,
+            reqwest::Method::POST,
+            &format!("{base}/{caller}.json"),
+            &[("Hold", "false")],
+        )
+        .await;
+
+        // The human hangs up: the caller stays in the (still running) conference…
+        let h = em.wait_call_done(&human, DONE).await.expect("human done");
+        assert_eq!(h.status, "completed");
+        assert_eq!(h.direction, "outbound-api");
+        let pcb: Vec<_> = app
+            .hits("/pstatus")
+            .iter()
+            .map(|c| c.param("CallStatus").map(str::to_string))
+            .collect();
+        assert_eq!(
+            pcb,
+            [
+                Some("in-progress".to_string()),
+                Some("completed".to_string())
+            ]
+        );
+        let conf = em.conference("transfer-1").expect("conference");
+        assert_eq!(conf.status, "in-progress");
+        assert_eq!(
+            conf.participant(&human).map(|p| p.status.as_str()),
+            Some("complete")
+        );
+        let (st, _) = api(
+            &em,
+            reqwest::Method::GET,
+            &format!("{base}/{human}.json"),
+            &[],
+        )
+        .await;
+        assert_eq!(st, 404, "a participant that left is not listed");
+        // …until it is removed: it had endConferenceOnExit, so the conference ends.
+        let (st, body) = api(
+            &em,
+            reqwest::Method::DELETE,
+            &format!("{base}/{caller}.json"),
+            &[],
+        )
+        .await;
+        assert_eq!((st, body), (204, Value::Null));
+        let call = em.wait_call_done(&caller, DONE).await.expect("caller done");
+        assert_eq!(call.status, "completed");
+        let conf = em.conference(&conf.sid).expect("conference");
+        assert_eq!(conf.status, "completed");
+        assert_eq!(
+            conf.reason_conference_ended.as_deref(),
+            Some("participant-with-end-conference-on-exit-kicked")
+        );
+        assert_eq!(
+            conf.call_sid_ending_conference.as_deref(),
+            Some(caller.as_str())
+        );
+        let cp = conf.participant(&caller).expect("caller participant");
+        assert!(cp.kicked && cp.joined_at.is_some() && cp.left_at.is_some());
+        let hp = conf.participant(&human).expect("human participant");
+        assert!(hp.via_api && hp.joined_at.is_some() && hp.left_at < cp.left_at);
+        // The caller's <Dial> ended: its action was asked what next.
+        let left = app.hits("/left");
+        assert_eq!(left.len(), 1);
+        app.assert_signed(&left[0]);
+        assert_eq!(left[0].param("DialCallStatus"), Some("answered"));
+        assert_eq!(call.dialed[0].status, "completed");
+        let (_, v) = api(
+            &em,
+            reqwest::Method::GET,
+            &format!("Conferences/{}.json", conf.sid),
+            &[],
+        )
+        .await;
+        assert_eq!(v["status"], "completed");
+        assert_eq!(
+            v["reason_conference_ended"],
+            "participant-with-end-conference-on-exit-kicked"
+        );
+        assert_eq!(v["friendly_name"], "transfer-1");
+        em.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conferences_end_when_empty_or_by_api() {
+        let other = "+14155550176";
+        let em = transfer_emulator(vec![
+            (HUMAN.into(), DialOutcome::Answer { stay_ms: 300 }),
+            (other.into(), DialOutcome::Answer { stay_ms: 600 }),
+            (
+                "+14155550175".into(),
+                DialOutcome::Answer { stay_ms: u64::MAX },
+            ),
+            ("+14155550174".into(), DialOutcome::Busy),
+        ])
+        .await;
+        let add = |conf: &str, to: &str| {
+            let em = &em;
+            let path = format!("Conferences/{conf}/Participants.json");
+            let to = to.to_string();
+            async move {
+                let (st, v) = api(
+                    em,
+                    reqwest::Method::POST,
+                    &path,
+                    &[("From", FROM), ("To", &to)],
+                )
+                .await;
+                assert_eq!(st, 201, "{v}");
+                v["call_sid"].as_str().expect("sid").to_string()
+            }
+        };
+        // By friendly name: created on the first participant.
+        let a = add("standup", HUMAN).await;
+        let b = add("standup", other).await;
+        let conf = em
+            .wait_conference("standup", "in-progress", DONE)
+            .await
+            .expect("started");
+        let conf = em
+            .wait_conference(&conf.sid, "completed", DONE)
+            .await
+            .expect("ended");
+        assert_eq!(
+            conf.reason_conference_ended.as_deref(),
+            Some("last-participant-left")
+        );
+        assert_eq!(conf.call_sid_ending_conference.as_deref(), Some(b.as_str()));
+        assert!(conf.participants.iter().all(|p| p.status == "complete"));
+        assert!(conf.participant(&a).and_then(|p| p.left_at).is_some());
+        let (st, v) = api(
+            &em,
+            reqwest::Method::GET,
+            &format!("Conferences/{}/Participants.json", conf.sid),
+            &[],
+        )
+        .await;
+        assert_eq!(st, 200);
+        assert_eq!(v["participants"], json!([]));
+        // A completed conference takes no one; the name starts a new conference.
+        let (st, v) = api(
+            &em,
+            reqwest::Method::POST,
+            &format!("Conferences/{}/Participants.json", conf.sid),
+            &[("From", FROM), ("To", HUMAN)],
+        )
+        .await;
+        assert_eq!(st, 400, "{v}");
+
+        // Ended by the API: the participant call is hung up.
+        let c = add("all-hands", "+14155550175").await;
+        let live = em
+            .wait_conference("all-hands", "init", DONE)
+            .await
+            .expect("init");
+        assert!(
+            eventually(|| em
+                .conference("all-hands")
+                .is_some_and(|c| c.participants[0].status == "connected"))
+            .await
+        );
+        let (st, v) = api(
+            &em,
+            reqwest::Method::POST,
+            &format!("Conferences/{}.json", live.sid),
+            &[("Status", "completed")],
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["status"], "completed");
+        assert_eq!(v["reason_conference_ended"], "conference-ended-via-api");
+        let call = em
+            .wait_call_done(&c, DONE)
+            .await
+            .expect("participant call ends");
+        assert_eq!(call.status, "completed");
+        // A participant who never answers leaves a conference with no one: it ends.
+        add("lonely", "+14155550174").await;
+        let lonely = em
+            .wait_conference("lonely", "completed", DONE)
+            .await
+            .expect("ended");
+        assert_eq!(lonely.participants[0].status, "failed");
+
+        // Listing and errors.
+        let (_, v) = api(
+            &em,
+            reqwest::Method::GET,
+            "Conferences.json?Status=completed&PageSize=2",
+            &[],
+        )
+        .await;
+        assert_eq!(v["conferences"].as_array().map(Vec::len), Some(2));
+        assert!(
+            v["next_page_uri"]
+                .as_str()
+                .is_some_and(|u| u.contains("Page=1")),
+            "{v}"
+        );
+        assert_eq!(v["conferences"][0]["friendly_name"], "lonely");
+        let (st, v) = api(
+            &em,
+            reqwest::Method::GET,
+            "Conferences.json?Status=ended",
+            &[],
+        )
+        .await;
+        assert_eq!((st, v["code"].as_u64()), (400, Some(20001)));
+        let unknown = format!("CF{}", "0".repeat(32));
+        let (st, v) = api(
+            &em,
+            reqwest::Method::GET,
+            &format!("Conferences/{unknown}.json"),
+            &[],
+        )
+        .await;
+        assert_eq!((st, v["code"].as_u64()), (404, Some(20404)));
+        let (st, _) = api(&em, reqwest::Method::POST, "Conferences.json", &[]).await;
+        assert_eq!(st, 405);
+        let (st, v) = api(
+            &em,
+            reqwest::Method::POST,
+            "Conferences/x/Participants.json",
+            &[("From", FROM), ("To", "nope")],
+        )
+        .await;
+        assert_eq!((st, v["code"].as_u64()), (400, Some(21211)));
+        em.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn malformed_twiml_is_an_application_error() {
+        let app = TestApp::start().await;
+        app.set("/bad", "<Response><Say>oops</Response>");
+        let em = transfer_emulator(Vec::new()).await;
+        let bad_url = app.url("/bad");
+        for (i, form) in [
+            vec![("Twiml", "<Response><Dial>+14155550177</Response>")],
+            vec![("Url", bad_url.as_str())],
+            vec![("Twiml", "<Dial>+14155550177</Dial>")],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let sid = streaming_call(&em, &app, "+14155550136").await;
+            update(&em, &sid, &form).await;
+            let call = em.wait_call_done(&sid, DONE).await.expect("ends");
+            assert_eq!(call.status, "completed", "{form:?}");
+            assert_eq!(call.error_code, Some(12100), "{form:?} {:?}", call.error);
+            assert!(call.error.as_deref().is_some_and(|e| e.contains("12100")));
+            assert_eq!(
+                call.twiml_executed.last().and_then(|t| t.error),
+                Some(12100)
+            );
+            assert!(call.dialed.is_empty());
+            assert_stream_stopped(&app, i);
+        }
+        // A Url that cannot be fetched: 11200.
+        let sid = streaming_call(&em, &app, "+14155550136").await;
+        update(&em, &sid, &[("Url", "http://127.0.0.1:9/nowhere")]).await;
+        let call = em.wait_call_done(&sid, DONE).await.expect("ends");
+        assert_eq!(
+            (call.status.as_str(), call.error_code),
+            ("completed", Some(11200))
+        );
+        // Bad update params are refused.
+        let (st, v) = api(
+            &em,
+            reqwest::Method::POST,
+            &format!("Calls/{sid}.json"),
+            &[("Url", "not a url")],
+        )
+        .await;
+        assert_eq!((st, v["code"].as_u64()), (400, Some(21205)));
+        em.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redirect_before_answer_runs_when_answered() {
+        let app = TestApp::start().await;
+        let em = TwilioEmulator::start(TwilioEmulatorConfig {
+            ring_ms: 1000,
+            ..TwilioEmulatorConfig::default()
+        })
+        .await
+        .expect("emulator");
+        let voice = app.url("/voice");
+        let (_, v) = api(
+            &em,
+            reqwest::Method::POST,
+            "Calls.json",
+            &[("To", "+14155550137"), ("From", FROM), ("Url", &voice)],
+        )
+        .await;
+        let sid = v["sid"].as_str().expect("sid").to_string();
+        em.wait_status(&sid, "ringing", DONE)
+            .await
+            .expect("ringing");
+        update(&em, &sid, &[("Twiml", "<Response><Say>Hello there</Say><Pause length=\"0\"/><Hangup/><Say>never</Say></Response>")]).await;
+        let call = em.wait_call_done(&sid, DONE).await.expect("ends");
+        assert_eq!(call.status, "completed");
+        assert_eq!(call.said, ["Hello there"]);
+        assert!(
+            app.hits("/voice").is_empty(),
+            "the create's Url is not fetched"
+        );
+        assert!(app.ws().is_empty());
+        assert_eq!(call.twiml_executed.len(), 1);
+        assert_eq!(call.twiml_executed[0].verbs, ["Say", "Pause", "Hangup"]);
+        em.shutdown().await;
     }
 }

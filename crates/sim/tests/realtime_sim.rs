@@ -662,6 +662,16 @@ async fn manual_turns_and_item_create() {
     assert!(a["item"]["id"].as_str().expect("id").starts_with("item_"));
     let d = recv(&mut ws, 2_000).await.expect("done");
     assert_eq!(d["type"], "conversation.item.done");
+    // A function_call_output must name a function call of the conversation.
+    send(
+        &mut ws,
+        json!({"type": "conversation.item.create", "item": {
+        "type": "function_call", "call_id": "call_1", "name": "lookup", "arguments": "{}"}}),
+    )
+    .await;
+    let a = recv(&mut ws, 2_000).await.expect("added");
+    assert_eq!(a["item"]["type"], "function_call");
+    recv(&mut ws, 2_000).await.expect("done");
     send(
         &mut ws,
         json!({"type": "conversation.item.create", "item": {

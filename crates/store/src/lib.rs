@@ -198,6 +198,14 @@ pub struct ToolCallRecord {
     pub at_ms: i64,
 }
 
+/// One answer recorded by the agent's `record_survey_response` tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct SurveyResponse {
+    pub question: String,
+    pub answer: String,
+    pub at_ms: i64,
+}
+
 /// A stored API key (never the secret, never its hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct ApiKeyRecord {
@@ -977,6 +985,39 @@ impl Store {
             .fetch_all(p)
             .await)?;
         Ok(rows)
+    }
+
+    /// Stores one survey answer of a call. `NotFound` for an unknown call.
+    pub async fn add_survey_response(
+        &self,
+        call_id: &str,
+        question: &str,
+        answer: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        const SQL: &str = "INSERT INTO survey_responses (call_id, question, answer, at_ms) \
+             VALUES ($1, $2, $3, $4)";
+        with_pool!(self, p => sqlx::query(SQL)
+            .bind(call_id)
+            .bind(question)
+            .bind(answer)
+            .bind(at_ms)
+            .execute(p)
+            .await
+            .map(|_| ()))
+        .map_err(fk_not_found)
+    }
+
+    /// A call's survey answers, in the order they were given.
+    pub async fn survey_responses(&self, call_id: &str) -> Result<Vec<SurveyResponse>, StoreError> {
+        const SQL: &str = "SELECT question, answer, at_ms FROM survey_responses \
+             WHERE call_id = $1 ORDER BY id";
+        Ok(
+            with_pool!(self, p => sqlx::query_as::<_, SurveyResponse>(SQL)
+            .bind(call_id)
+            .fetch_all(p)
+            .await)?,
+        )
     }
 
     // -- API keys -------------------------------------------------------------------------

@@ -161,6 +161,7 @@ suite!(
     not_placed_and_expired_leases,
     dnc_closes_waiting_contacts,
     cancel_and_complete,
+    survey_responses_round_trip,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1305,5 +1306,25 @@ async fn cancel_and_complete(db: TestDb) -> TestResult {
     let counts = s.campaign_counts("c1").await?;
     assert_eq!((counts.canceled, counts.dialing), (2, 1));
     assert!(s.due_campaigns(10_000).await?.is_empty());
+    Ok(())
+}
+
+async fn survey_responses_round_trip(db: TestDb) -> TestResult {
+    let s = &db.store;
+    s.create_call(&new_call("call-s", 1_000)).await?;
+    s.add_survey_response("call-s", "How satisfied are you?", "very", 2_000)
+        .await?;
+    s.add_survey_response("call-s", "Would you recommend us?", "yes", 3_000)
+        .await?;
+    let r = s.survey_responses("call-s").await?;
+    assert_eq!(r.len(), 2);
+    assert_eq!(
+        (r[0].question.as_str(), r[0].answer.as_str()),
+        ("How satisfied are you?", "very")
+    );
+    assert!(matches!(
+        s.add_survey_response("nope", "q", "a", 1).await,
+        Err(StoreError::NotFound)
+    ));
     Ok(())
 }

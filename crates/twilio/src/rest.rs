@@ -522,6 +522,16 @@ pub struct CallResource {
     pub end_time: Option<String>,
 }
 
+/// The subset of Twilio's conference participant resource we use.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct ParticipantResource {
+    /// The participant's own call.
+    pub call_sid: String,
+    pub conference_sid: String,
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
 fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(match Option::<serde_json::Value>::deserialize(d)? {
         None | Some(serde_json::Value::Null) => None,
@@ -779,6 +789,51 @@ impl TwilioClient {
                 snippet(uri.as_bytes())
             )))
         }
+    }
+
+    /// Add a participant to a conference (`POST …/Conferences/{sid or name}/Participants.json`):
+    /// Twilio calls `to` from `from` and joins it to the conference when it answers. Used for
+    /// warm transfers: the caller waits in the conference, the person is dialed in. Like a
+    /// create-call, it is replayed only when it certainly did not execute.
+    pub async fn add_participant(
+        &self,
+        conference: &str,
+        from: &str,
+        to: &str,
+        end_conference_on_exit: bool,
+        status_callback: Option<&str>,
+    ) -> Result<ParticipantResource, TwilioError> {
+        path_safe("Conference", conference)?;
+        non_empty("From", from)?;
+        non_empty("To", to)?;
+        let url = format!(
+            "{}/{API_VERSION}/Accounts/{}/Conferences/{conference}/Participants.json",
+            self.base, self.account_sid
+        );
+        let mut form = Form::default();
+        form.push("From", from);
+        form.push("To", to);
+        form.push("EarlyMedia", "true");
+        form.push("Beep", "false");
+        form.push(
+            "EndConferenceOnExit",
+            if end_conference_on_exit {
+                "true"
+            } else {
+                "false"
+            },
+        );
+        if let Some(cb) = status_callback {
+            form.push("StatusCallback", cb);
+        }
+        self.execute(
+            "add participant",
+            Method::POST,
+            url,
+            Some(form.0),
+            Replay::OnlyIfNotExecuted,
+        )
+        .await
     }
 
     fn call_url(&self, call_sid: &str) -> Result<String, TwilioError> {

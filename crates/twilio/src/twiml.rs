@@ -109,6 +109,85 @@ impl ConnectStream {
     }
 }
 
+/// Where a `<Dial>` connects the call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DialTarget {
+    /// `<Number>`: an E.164 number.
+    Number(String),
+    /// `<Sip>`: a `sip:` URI.
+    Sip(String),
+    /// `<Conference>`: a named conference room (warm transfer).
+    Conference {
+        name: String,
+        /// `startConferenceOnEnter`
+        start_on_enter: bool,
+        /// `endConferenceOnExit`
+        end_on_exit: bool,
+    },
+}
+
+/// `<Response>[<Say>..</Say>]<Dial ..><Number|Sip|Conference>..</..></Dial></Response>`: what a
+/// live call is updated to when the agent transfers it to a person.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dial {
+    /// Spoken to the caller before dialing (Twilio's voice), if any.
+    pub say: Option<String>,
+    /// `callerId`: the number the dialed party sees.
+    pub caller_id: Option<String>,
+    /// `timeout`: seconds to let the dialed party ring.
+    pub timeout_s: Option<u32>,
+    pub target: DialTarget,
+}
+
+impl Dial {
+    /// Render the TwiML document (with the XML declaration).
+    pub fn to_xml(&self) -> String {
+        let mut out = String::with_capacity(256);
+        out.push_str(r#"<?xml version="1.0" encoding="UTF-8"?><Response>"#);
+        if let Some(say) = &self.say {
+            out.push_str("<Say>");
+            escape_into(&mut out, say, false);
+            out.push_str("</Say>");
+        }
+        out.push_str("<Dial");
+        if let Some(c) = &self.caller_id {
+            out.push_str(" callerId=\"");
+            escape_into(&mut out, c, true);
+            out.push('"');
+        }
+        if let Some(t) = self.timeout_s {
+            let _ = write!(out, " timeout=\"{t}\"");
+        }
+        out.push('>');
+        match &self.target {
+            DialTarget::Number(n) => {
+                out.push_str("<Number>");
+                escape_into(&mut out, n, false);
+                out.push_str("</Number>");
+            }
+            DialTarget::Sip(u) => {
+                out.push_str("<Sip>");
+                escape_into(&mut out, u, false);
+                out.push_str("</Sip>");
+            }
+            DialTarget::Conference {
+                name,
+                start_on_enter,
+                end_on_exit,
+            } => {
+                let _ = write!(
+                    out,
+                    "<Conference startConferenceOnEnter=\"{start_on_enter}\" endConferenceOnExit=\"{end_on_exit}\">"
+                );
+                escape_into(&mut out, name, false);
+                out.push_str("</Conference>");
+            }
+        }
+        out.push_str("</Dial></Response>");
+        out
+    }
+}
+
 /// Escape `s` for XML 1.0 text or a double-quoted attribute value.
 ///
 /// `& < > " '` become entities. In attributes, TAB/LF/CR become character
@@ -256,5 +335,38 @@ mod tests {
                     .to_string()
                     .contains("31922")
         );
+    }
+
+    #[test]
+    fn dial_documents() {
+        let d = Dial {
+            say: Some("Connecting you to a person & more".into()),
+            caller_id: Some("+14155550100".into()),
+            timeout_s: Some(20),
+            target: DialTarget::Number("+14155550123".into()),
+        };
+        assert_eq!(
+            d.to_xml(),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Say>Connecting you to a person &amp; more</Say>\
+             <Dial callerId=\"+14155550100\" timeout=\"20\"><Number>+14155550123</Number></Dial></Response>"
+        );
+        let c = Dial {
+            say: None,
+            caller_id: None,
+            timeout_s: None,
+            target: DialTarget::Conference {
+                name: "vb-1".into(),
+                start_on_enter: true,
+                end_on_exit: false,
+            },
+        };
+        assert!(c.to_xml().contains(
+            "<Dial><Conference startConferenceOnEnter=\"true\" endConferenceOnExit=\"false\">vb-1</Conference></Dial>"
+        ));
+        let s = Dial {
+            target: DialTarget::Sip("sip:desk@example.com".into()),
+            ..c
+        };
+        assert!(s.to_xml().contains("<Sip>sip:desk@example.com</Sip>"));
     }
 }

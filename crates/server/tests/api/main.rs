@@ -1,6 +1,7 @@
 //! End-to-end tests over real loopback sockets: the voxbridge server, the
 //! Realtime simulator as the model, the Twilio caller emulator as the phone.
 
+mod agents;
 mod call;
 mod campaign;
 mod cli;
