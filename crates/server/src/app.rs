@@ -279,7 +279,8 @@ pub fn settings_for(
             turn.clone(),
             agent.transcription.clone(),
             config.noise_reduction(),
-        ),
+        )
+        .with_tools(crate::tools::for_agent(agent, task).function_tools()),
         turn_detection: turn,
         greeting: texts.greeting,
         greeting_protected: config.greeting_uninterruptible,
@@ -759,6 +760,10 @@ async fn call_context(state: &AppState, call_id: &str, start: &Start) -> session
             .unwrap_or_else(|| state.agents.for_number(&c.to_number)),
         None => state.agents.for_number(""),
     };
+    let task: Option<crate::agents::Task> = stored
+        .as_ref()
+        .and_then(|c| c.task.as_ref())
+        .and_then(|t| serde_json::from_value(t["task"].clone()).ok());
     let peer_number = stored.as_ref().map(|c| {
         if outbound {
             c.to_number.clone()
@@ -787,7 +792,7 @@ async fn call_context(state: &AppState, call_id: &str, start: &Start) -> session
         .insert(call_id.to_owned(), tx);
     let wait = state.config.outbound_greeting_wait_ms;
     session::CallContext {
-        tools: Arc::new(crate::tools::for_agent(&agent)),
+        tools: Arc::new(crate::tools::for_agent(&agent, task.as_ref())),
         control,
         signals: Some(rx),
         http: Some(state.http.clone()),

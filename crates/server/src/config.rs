@@ -635,9 +635,8 @@ impl Config {
         }
         // `[[agents]]` tables: the same checks as profile files (the files
         // themselves are loaded by the agent registry, see `crate::agents`).
-        crate::agents::Agents::from_config_checked(self, env).map_err(|e| {
-            ConfigError::Agents(e.to_string())
-        })?;
+        crate::agents::Agents::from_config_checked(self, env)
+            .map_err(|e| ConfigError::Agents(e.to_string()))?;
         if self.max_frame_bytes < 1024 {
             return Err(invalid(
                 "MAX_FRAME_BYTES",

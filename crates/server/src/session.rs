@@ -355,8 +355,9 @@ struct Session {
     greeting_gate: Option<Instant>,
     ending: Option<Ending>,
     machine: Machine,
-    /// Text of the current response's transcript (sideband: to estimate its duration).
+    /// When the last response was done (sideband: its audio plays out after that).
     last_response_done: Option<Instant>,
+    transfer_announced: bool,
 }
 
 /// Run a call until either side ends it.
@@ -407,6 +408,7 @@ pub async fn run(
         ending: None,
         machine: Machine::No,
         last_response_done: None,
+        transfer_announced: false,
     };
     s.hub.publish(
         &call_id,
@@ -473,7 +475,9 @@ pub async fn run(
             Wake::Signal(sig) => s.on_signal(sig),
             Wake::Timer => s.on_timer(),
         };
-        let step = step.and_then(|()| s.check_ending());
+        let step = step
+            .and_then(|()| s.check_ending())
+            .map_err(|e| s.transferred_stop(e));
         // Audio due now goes out with whatever this step produced.
         if !s.out.twilio.is_empty() || s.playback.next_deadline().is_some() {
             let mut out = std::mem::take(&mut s.out);
@@ -966,13 +970,14 @@ impl Session {
                 match self.ctx.control.clone() {
                     Some(control) => {
                         let tx = self.tool_tx.clone();
+                        let to = target.to.clone();
                         tokio::spawn(async move {
                             let result = control.transfer(target.clone()).await;
                             let _ = tx.send(ToolDone::Transfer { target, result });
                         });
                         // Wait for the outcome (the next step handles it).
                         self.ending = Some(Ending {
-                            then: Then::AwaitStop(String::new()),
+                            then: Then::AwaitStop(to),
                             deadline: Instant::now() + ENDING_TIMEOUT,
                             awaiting_response: false,
                             spoken_until: None,
@@ -988,6 +993,41 @@ impl Session {
             }
             Then::AwaitStop(_) => Ok(()),
         }
+    }
+
+    /// Twilio stops the stream of a call it is transferring (the call update replaced the
+    /// TwiML), possibly before the update request has even answered: that end is the transfer.
+    fn transferred_stop(&mut self, reason: EndReason) -> EndReason {
+        let Some(Ending {
+            then: Then::AwaitStop(to),
+            ..
+        }) = &self.ending
+        else {
+            return reason;
+        };
+        match reason {
+            EndReason::TwilioStop | EndReason::TwilioClosed(_) => {
+                let to = to.clone();
+                self.announce_transfer(&to);
+                EndReason::Transferred(to)
+            }
+            other => other,
+        }
+    }
+
+    fn announce_transfer(&mut self, to: &str) {
+        if self.transfer_announced {
+            return;
+        }
+        self.transfer_announced = true;
+        let warm = self.ctx.tools.transfer.as_ref().is_some_and(|t| t.warm);
+        self.hub.publish(
+            &self.call_id,
+            CallEventKind::Transferred {
+                to: to.to_owned(),
+                warm,
+            },
+        );
     }
 
     /// Tell the model something as a user-side note and let it respond.
@@ -1128,13 +1168,7 @@ impl Session {
             ToolDone::Transfer { target, result } => match result {
                 Ok(what) => {
                     info!(to = %target.to, %what, "call transferred");
-                    self.hub.publish(
-                        &self.call_id,
-                        CallEventKind::Transferred {
-                            to: target.to.clone(),
-                            warm: target.warm,
-                        },
-                    );
+                    self.announce_transfer(&target.to);
                     self.ending = Some(Ending {
                         then: Then::AwaitStop(target.to.clone()),
                         deadline: Instant::now() + TRANSFER_STOP_TIMEOUT,

@@ -54,6 +54,15 @@ impl Seen {
             }
         }
     }
+
+    /// Forget `key`, so that the next delivery naming it is acted on again (the handling
+    /// failed and OpenAI will retry).
+    pub fn forget(&self, key: &str) {
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
 }
 
 fn bad(status: StatusCode, code: &'static str, msg: impl Into<String>) -> ApiError {
@@ -123,11 +132,19 @@ pub async fn webhook(
             return Ok((StatusCode::OK, Json(json!({"status": "ignored"}))));
         }
     };
-    if !state.sip_seen.first(&format!("call:{}", call.call_id)) {
+    let call_key = format!("call:{}", call.call_id);
+    if !state.sip_seen.first(&call_key) {
         return Ok((StatusCode::OK, Json(json!({"status": "duplicate"}))));
     }
     let span = info_span!("sip_call", call_id = %call.call_id);
-    incoming(state, call).instrument(span).await
+    let result = incoming(state.clone(), call).instrument(span).await;
+    if result.is_err() {
+        // Not handled: OpenAI retries until it gets a 2xx, and the retry must be acted on,
+        // not acknowledged as a duplicate (the call would be lost).
+        state.sip_seen.forget(&format!("webhook:{webhook_id}"));
+        state.sip_seen.forget(&call_key);
+    }
+    result
 }
 
 async fn incoming(
@@ -206,6 +223,7 @@ async fn incoming(
     }
     info!(accept_ms = started.elapsed().as_millis() as u64, agent = %agent.name, "SIP call accepted");
     let call_id = call.call_id.clone();
+    let created_at_ms = crate::token::now_ms() as i64;
     if let Some(store) = &state.store {
         let new = voxbridge_store::NewCall {
             id: call_id.clone(),
@@ -217,7 +235,7 @@ async fn incoming(
             status: "in-progress".into(),
             api_key_id: None,
             idempotency_key: None,
-            created_at_ms: crate::token::now_ms() as i64,
+            created_at_ms,
         };
         if let Err(e) = store.create_call(&new).await {
             warn!(error = %e, "could not store the SIP call");
@@ -230,13 +248,14 @@ async fn incoming(
             to: to.clone(),
         },
     );
-    let tools = Arc::new(crate::tools::for_agent(&agent));
+    let tools = Arc::new(crate::tools::for_agent(&agent, None));
+    let control = Arc::new(crate::control::SipControl {
+        calls,
+        call_id: call_id.clone(),
+    });
     let ctx = CallContext {
         tools,
-        control: Some(Arc::new(crate::control::SipControl {
-            calls,
-            call_id: call_id.clone(),
-        })),
+        control: Some(control.clone()),
         signals: None,
         http: Some(state.http.clone()),
         greeting_wait: None,
@@ -269,20 +288,50 @@ async fn incoming(
     let hub = state.hub.clone();
     let st = state.clone();
     st.sip_call_started();
+    // The agent's longest call: nothing else bounds a SIP call (no Twilio time limit).
+    let limit = Duration::from_secs(u64::from(agent.max_call_duration_s.max(1)));
     tokio::spawn(
         async move {
-            let summary = session::run(
+            let run = session::run(
                 call_id.clone(),
                 start,
                 crate::ws::detached(),
                 model,
                 settings,
-                hub,
+                hub.clone(),
                 ctx,
-            )
-            .await;
+            );
+            let reason = tokio::select! {
+                summary = run => {
+                    info!(reason = ?summary.end_reason, tools = summary.tool_calls.len(), "SIP call finished");
+                    summary.end_reason.map(|r| r.to_string())
+                }
+                () = tokio::time::sleep(limit) => {
+                    // The session (and its sideband) is dropped; end the call at OpenAI.
+                    let reason = format!("max_duration: {} s", limit.as_secs());
+                    warn!(%reason, "SIP call reached the agent's longest call; hanging up");
+                    if let Err(e) = crate::session::CallControl::hangup(&*control).await {
+                        warn!(error = %e, "hang-up request failed");
+                    }
+                    hub.publish(&call_id, CallEventKind::Ended { reason: reason.clone() });
+                    Some(reason)
+                }
+            };
             st.sip_call_ended();
-            info!(reason = ?summary.end_reason, tools = summary.tool_calls.len(), "SIP call finished");
+            // Nothing else (no Twilio status callback) closes the stored call.
+            if let Some(store) = &st.store {
+                let now = crate::token::now_ms() as i64;
+                let duration_s = (now - created_at_ms).max(0) / 1000;
+                let record = async {
+                    store
+                        .finish_call(&call_id, reason.as_deref(), now, Some(duration_s))
+                        .await?;
+                    store.update_status(&call_id, "completed", now).await.map(|_| ())
+                };
+                if let Err(e) = record.await {
+                    warn!(error = %e, "could not record the end of the SIP call");
+                }
+            }
         }
         .in_current_span(),
     );

@@ -132,10 +132,38 @@ fn builtin_tool(name: &str, can_transfer: bool) -> Option<FunctionTool> {
     Some(FunctionTool::new(name, description, parameters))
 }
 
-/// The tools of an agent (profile fields resolved at load).
-pub fn for_agent(agent: &crate::agents::Agent) -> CallTools {
-    let _ = agent;
-    CallTools::default()
+/// The tools of an agent on a call doing `task` (the voicemail message is a template).
+pub fn for_agent(agent: &crate::agents::Agent, task: Option<&crate::agents::Task>) -> CallTools {
+    use crate::agents::VoicemailAction;
+    let voicemail = agent.voicemail.as_ref().map(|v| match v.action {
+        VoicemailAction::HangUp => VoicemailPlan::HangUp,
+        VoicemailAction::LeaveMessage => match agent.voicemail_message_for(task) {
+            Ok(Some(m)) => VoicemailPlan::LeaveMessage(m),
+            // A message that does not render for this task: hang up rather than say it wrong.
+            _ => VoicemailPlan::HangUp,
+        },
+    });
+    CallTools {
+        builtins: agent.tools.clone(),
+        http: agent
+            .http_tools
+            .iter()
+            .map(|t| HttpTool {
+                name: t.name.clone(),
+                description: t.description.clone(),
+                url: t.url.clone(),
+                method: t.method.as_str().to_owned(),
+                headers: t.headers.clone(),
+                parameters: t.parameters.clone(),
+                timeout: Duration::from_millis(t.timeout_ms),
+            })
+            .collect(),
+        transfer: agent.transfer.as_ref().map(|t| TransferTarget {
+            to: t.to.clone(),
+            warm: t.warm,
+        }),
+        voicemail,
+    }
 }
 
 /// One `function_call` item from the model.

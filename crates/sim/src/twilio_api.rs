@@ -1722,8 +1722,11 @@ impl Inner {
         hang: watch::Receiver<bool>,
         intr: watch::Receiver<u64>,
     ) {
-        let amd = match outcome {
-            Outcome::Machine => "machine_start",
+        // `DetectMessageEnd` waits for the end of the greeting (the beep) and says so;
+        // `Enable` answers as soon as it recognises a machine.
+        let amd = match (outcome, plan.machine_detection.as_deref()) {
+            (Outcome::Machine, Some("DetectMessageEnd")) => "machine_end_beep",
+            (Outcome::Machine, _) => "machine_start",
             _ => "human",
         };
         let sync_amd = plan.machine_detection.is_some() && !plan.async_amd;

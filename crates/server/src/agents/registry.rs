@@ -63,7 +63,11 @@ impl AgentRegistry {
             startup_error: None,
         };
         match reg.load_now() {
-            Ok(_) => reg,
+            Ok(n) => {
+                info!(agents = n, names = %reg.names().join(", "),
+                      dir = %config.agents_dir.display(), "agent profiles loaded");
+                reg
+            }
             Err(e) => {
                 error!(dir = %config.agents_dir.display(), "agent profiles not loaded:\n{e}");
                 AgentRegistry {

@@ -92,7 +92,7 @@ pub async fn spawn_app_with(sim_cfg: RealtimeSimConfig, env: &[(&str, &str)]) ->
 
 /// Bind a port, configure the server from the usual test variables plus
 /// `extra` and `env` (later entries win), and serve it in the background.
-async fn start_server(
+pub async fn start_server(
     sim: RealtimeSim,
     extra: Vec<(String, String)>,
     env: &[(&str, &str)],
@@ -371,4 +371,97 @@ pub async fn spawn_node(
         ("DATABASE_URL".to_owned(), db.to_owned()),
     ];
     start_server(sim, extra, env, Some(store)).await
+}
+
+/// The inbound number the SIP tests' agent answers.
+pub const SIP_AGENT_NUMBER: &str = "+14155550123";
+/// The caller of the SIP tests.
+pub const SIP_CALLER: &str = "+14155550111";
+
+/// A server answering OpenAI SIP connector calls: the SIP connector emulator
+/// (the Calls API, signed webhooks and the sideband, with its Realtime
+/// simulator as the model), a fresh SQLite store, and `AGENTS_DIR` holding
+/// one profile file.
+pub struct SipApp {
+    pub app: TestApp,
+    pub sip: voxbridge_sim::sip::SipConnector,
+    pub store: voxbridge_store::Store,
+    pub agents_dir: std::path::PathBuf,
+}
+
+impl SipApp {
+    /// The stored call, once `pred` holds for it (or the last one seen after `timeout`).
+    pub async fn stored_call(
+        &self,
+        id: &str,
+        timeout: Duration,
+        pred: impl Fn(&voxbridge_store::CallRecord) -> bool,
+    ) -> Option<voxbridge_store::CallRecord> {
+        let end = tokio::time::Instant::now() + timeout;
+        loop {
+            let rec = self.store.get_call(id).await.expect("store");
+            if rec.as_ref().is_some_and(&pred) || tokio::time::Instant::now() >= end {
+                return rec;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Start a SIP connector emulator running `model` (its API key is set to
+/// [`API_KEY`]) and a server with a fresh SQLite store whose `AGENTS_DIR`
+/// holds `profiles` (file name, text). The server's `OPENAI_API_BASE`,
+/// `OPENAI_REALTIME_URL` and `OPENAI_WEBHOOK_SECRET` point at the emulator,
+/// whose webhooks go to the server's `/openai/webhook`; `env` overrides.
+pub async fn spawn_sip(
+    model: RealtimeSimConfig,
+    profiles: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> SipApp {
+    use voxbridge_sim::sip::{SipConnector, SipConnectorConfig};
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let sip = SipConnector::start(SipConnectorConfig {
+        realtime: RealtimeSimConfig {
+            api_key: Some(API_KEY.into()),
+            ..model
+        },
+        ..SipConnectorConfig::default()
+    })
+    .await
+    .expect("SIP connector emulator starts");
+    let agents_dir = std::env::temp_dir().join(format!("vb-sip-agents-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&agents_dir).expect("agents dir");
+    for (name, text) in profiles {
+        std::fs::write(agents_dir.join(name), text).expect("write profile");
+    }
+    let db = fresh_database(Backend::Sqlite).await;
+    let store = voxbridge_store::Store::connect(&db).await.expect("store");
+    // The Media Streams side is unused here; its simulator only fills `TestApp::sim`.
+    let idle = RealtimeSim::start(sim_config())
+        .await
+        .expect("simulator starts");
+    let extra = vec![
+        ("OPENAI_API_BASE".to_owned(), sip.api_base()),
+        ("OPENAI_REALTIME_URL".to_owned(), sip.realtime_url()),
+        (
+            "OPENAI_WEBHOOK_SECRET".to_owned(),
+            sip.webhook_secret().to_owned(),
+        ),
+        (
+            "AGENTS_DIR".to_owned(),
+            agents_dir.to_str().expect("utf-8 path").to_owned(),
+        ),
+        ("DATABASE_URL".to_owned(), db),
+    ];
+    let app = start_server(idle, extra, env, Some(store.clone())).await;
+    if let Some(e) = app.state.agents.startup_error() {
+        panic!("agent profiles did not load:\n{e}");
+    }
+    sip.set_webhook_url(app.http("/openai/webhook"));
+    SipApp {
+        app,
+        sip,
+        store,
+        agents_dir,
+    }
 }

@@ -11,4 +11,6 @@ mod helpers;
 mod loadtest;
 mod rest;
 mod robustness;
+mod sip;
+mod tools;
 mod two_nodes;
