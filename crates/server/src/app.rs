@@ -799,6 +799,11 @@ async fn call_context(state: &AppState, call_id: &str, start: &Start) -> session
         greeting_wait: (outbound && wait > 0).then(|| Duration::from_millis(wait)),
         peer_number,
         transport: session::Transport::MediaStreams,
+        max_duration: Some(Duration::from_secs(u64::from(agent.max_call_duration_s)))
+            .filter(|d| !d.is_zero()),
+        silence_timeout: agent
+            .silence_timeout_s
+            .map(|s| Duration::from_secs(u64::from(s))),
     }
 }
 

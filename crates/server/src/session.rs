@@ -124,6 +124,11 @@ pub struct CallContext {
     /// The other party's number (the callee of an outbound call), for `opt_out`.
     pub peer_number: Option<String>,
     pub transport: Transport,
+    /// The agent's call length limit: the call ends (after the agent's current words) when it
+    /// is reached.
+    pub max_duration: Option<Duration>,
+    /// End the call when neither side has spoken for this long.
+    pub silence_timeout: Option<Duration>,
 }
 
 /// Sideband calls: the carrier plays the agent's audio; the words are taken as played this
@@ -358,6 +363,10 @@ struct Session {
     /// When the last response was done (sideband: its audio plays out after that).
     last_response_done: Option<Instant>,
     transfer_announced: bool,
+    /// When the call must end (the agent's max call duration).
+    hard_stop: Option<Instant>,
+    /// Last sign of speech from either side (for the silence timeout).
+    last_activity: Instant,
 }
 
 /// Run a call until either side ends it.
@@ -409,7 +418,10 @@ pub async fn run(
         machine: Machine::No,
         last_response_done: None,
         transfer_announced: false,
+        hard_stop: None,
+        last_activity: Instant::now(),
     };
+    s.hard_stop = s.ctx.max_duration.map(|d| Instant::now() + d);
     s.hub.publish(
         &call_id,
         CallEventKind::StreamStarted {
@@ -677,6 +689,7 @@ impl Session {
             }
             ServerEvent::SpeechStarted { .. } => {
                 // Someone is there: an outbound greeting need not wait any longer.
+                self.last_activity = Instant::now();
                 self.release_greeting("the callee spoke");
                 if self.playback.is_playing() || self.playback.active_response().is_some() {
                     let mut out = std::mem::take(&mut self.out);
@@ -715,6 +728,7 @@ impl Session {
                 debug!(%response_id, %status, "response done");
                 self.playback.response_done(&response_id);
                 self.last_response_done = Some(Instant::now());
+                self.last_activity = Instant::now();
                 if let Some(u) = usage {
                     let cached = u
                         .input_token_details
@@ -828,6 +842,14 @@ impl Session {
     fn next_timer(&self) -> Option<Instant> {
         let mut at: Option<Instant> = self.greeting_gate;
         let mut consider = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
+        if self.ending.is_none() {
+            if let Some(t) = self.hard_stop {
+                consider(t);
+            }
+            if let Some(d) = self.ctx.silence_timeout {
+                consider(self.last_activity + d);
+            }
+        }
         if let Machine::AwaitBeep(t) = self.machine {
             consider(t);
         }
@@ -842,6 +864,25 @@ impl Session {
 
     fn on_timer(&mut self) -> Result<(), EndReason> {
         let now = Instant::now();
+        if self.ending.is_none() {
+            if self.hard_stop.is_some_and(|t| t <= now) {
+                info!("the agent's maximum call duration is reached");
+                self.model_note(
+                    "[system: the maximum call length is reached; say a short goodbye now]",
+                );
+                self.start_ending(
+                    Then::Hangup(EndReason::AgentEnded("max call duration reached".into())),
+                    true,
+                );
+            } else if let Some(d) = self.ctx.silence_timeout
+                && now >= self.last_activity + d
+                && !self.playback.is_playing()
+                && self.playback.active_response().is_none()
+            {
+                info!(silence_s = d.as_secs(), "nobody spoke: ending the call");
+                return Err(EndReason::AgentEnded("silence timeout".into()));
+            }
+        }
         if self.greeting_gate.is_some_and(|t| t <= now) {
             self.release_greeting("no sign of a person yet; greeting anyway");
         }

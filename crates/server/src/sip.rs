@@ -261,6 +261,11 @@ async fn incoming(
         greeting_wait: None,
         peer_number: Some(from.clone()).filter(|f| !f.is_empty()),
         transport: Transport::Sideband,
+        max_duration: Some(Duration::from_secs(u64::from(agent.max_call_duration_s)))
+            .filter(|d| !d.is_zero()),
+        silence_timeout: agent
+            .silence_timeout_s
+            .map(|s| Duration::from_secs(u64::from(s))),
     };
     let ws_base = state.config.openai_realtime_url.clone();
     let model: ModelFuture = {

@@ -66,7 +66,7 @@ async fn customer_api() -> (String, Arc<Mutex<Vec<String>>>) {
     (format!("http://{addr}"), hits)
 }
 
-fn profile(api: &str, transfer_warm: bool, voicemail: &str) -> String {
+fn profile(api: &str, transfer_warm: bool, voicemail: &str, extra: &str) -> String {
     format!(
         r#"
 name = "toolbox"
@@ -75,6 +75,7 @@ organization = "Acme"
 instructions = "You help with orders. {{{{knowledge}}}}"
 greeting = "Say hello."
 tools = ["end_call", "transfer_call", "record_survey_response", "opt_out", "voicemail_detected"]
+{extra}
 
 [transfer]
 to = "{HUMAN}"
@@ -153,7 +154,15 @@ async fn rig(
     let (api, hits) = customer_api().await;
     let dir = std::env::temp_dir().join(format!("vb-tools-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(dir.join("toolbox.toml"), profile(&api, warm, voicemail)).expect("profile");
+    let extra = env
+        .iter()
+        .find(|(k, _)| *k == "PROFILE_EXTRA")
+        .map_or("", |(_, v)| *v);
+    std::fs::write(
+        dir.join("toolbox.toml"),
+        profile(&api, warm, voicemail, extra),
+    )
+    .expect("profile");
     let twilio = start_twilio(emu).await;
     let sim = RealtimeSim::start(sim_cfg).await.expect("sim");
     let db = fresh_database(Backend::Sqlite).await;
@@ -576,5 +585,51 @@ message = "Hi, this is Acme calling about your order. Please call us back."
             .unwrap_or("")
             .contains("Please call us back")),
         "{creates:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_timeout_ends_a_quiet_call() {
+    let rig = rig(
+        sim_with(&[]),
+        callee_waits(20_000),
+        false,
+        r#"action = "hang_up""#,
+        &[("PROFILE_EXTRA", "silence_timeout_s = 2")],
+    )
+    .await;
+    let id = rig.call().await;
+    let call = rig.ended(&id).await;
+    assert_eq!(
+        call.end_reason.as_deref(),
+        Some("agent_ended: silence timeout"),
+        "{call:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_call_duration_says_goodbye_and_ends() {
+    let rig = rig(
+        sim_with(&[]),
+        callee_waits(20_000),
+        false,
+        r#"action = "hang_up""#,
+        &[("PROFILE_EXTRA", "max_call_duration_s = 10")],
+    )
+    .await;
+    let id = rig.call().await;
+    let call = rig.ended(&id).await;
+    assert_eq!(
+        call.end_reason.as_deref(),
+        Some("agent_ended: max call duration reached"),
+        "{call:#?}"
+    );
+    // the goodbye was asked for
+    assert!(
+        rig.app
+            .sim
+            .events_of_type("conversation.item.create")
+            .iter()
+            .any(|e| e.to_string().contains("maximum call length"))
     );
 }
