@@ -69,6 +69,8 @@ pub struct App {
     pub node_id: String,
     /// Wakes the campaign worker early (a campaign was created or resumed, a call ended).
     pub campaign_wake: tokio::sync::Notify,
+    /// The realtime model provider (`None` without `OPENAI_API_KEY`).
+    pub provider: Option<Arc<dyn crate::provider::ModelProvider>>,
     /// OpenAI webhook ids and SIP call ids already handled (redeliveries are acknowledged,
     /// not acted on twice).
     pub sip_seen: crate::sip::Seen,
@@ -144,6 +146,20 @@ impl App {
             tokio::spawn(crate::persist::run_writer(store.clone(), rx));
         }
         let twilio = twilio_client(&config);
+        let provider =
+            config.openai_api_key.as_ref().and_then(
+                |key| match crate::provider::OpenAiRealtime::new(
+                    &config.openai_realtime_url,
+                    &config.openai_api_base,
+                    key,
+                ) {
+                    Ok(p) => Some(Arc::new(p) as Arc<dyn crate::provider::ModelProvider>),
+                    Err(e) => {
+                        warn!(error = %e, "OPENAI_API_BASE is not usable; SIP calls are off");
+                        None
+                    }
+                },
+            );
         let node_id = config
             .node_id
             .clone()
@@ -170,6 +186,7 @@ impl App {
             active_calls: AtomicUsize::new(0),
             node_id,
             campaign_wake: tokio::sync::Notify::new(),
+            provider,
             sip_seen: crate::sip::Seen::default(),
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
@@ -537,12 +554,15 @@ async fn voice(
         },
     );
     state.active_calls.fetch_add(1, Ordering::Relaxed);
-    let opener = open_model(
-        state.config.openai_realtime_url.clone(),
-        settings.session.model.clone(),
-        api_key,
-        settings.clone(),
-    );
+    let opener = match &state.provider {
+        Some(p) => p.open_media_session(settings.clone()),
+        None => open_model(
+            state.config.openai_realtime_url.clone(),
+            settings.session.model.clone(),
+            api_key,
+            settings.clone(),
+        ),
+    };
     tokio::spawn(async move {
         let _ = tx.send(opener.await);
     });
@@ -707,15 +727,16 @@ pub async fn handle_media(state: AppState, mut twilio: Link) {
                 }
             };
             state.active_calls.fetch_add(1, Ordering::Relaxed);
-            (
-                open_model(
+            let opener = match &state.provider {
+                Some(p) => p.open_media_session(settings.clone()),
+                None => open_model(
                     state.config.openai_realtime_url.clone(),
                     settings.session.model.clone(),
                     key,
                     settings.clone(),
                 ),
-                settings,
-            )
+            };
+            (opener, settings)
         }
         (None, None) => {
             let _ = twilio

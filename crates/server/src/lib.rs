@@ -22,6 +22,7 @@ pub mod hub;
 pub mod loadtest;
 pub mod persist;
 pub mod playback;
+pub mod provider;
 pub mod session;
 pub mod sip;
 pub mod token;
