@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlparse
 import twilio
 from multidict import MultiDict  # a twilio dependency (via aiohttp); RequestValidator uses getall()
 from twilio.request_validator import RequestValidator
-from twilio.twiml.voice_response import Connect, Parameter, Stream, VoiceResponse
+from twilio.twiml.voice_response import Connect, Dial, Parameter, Stream, VoiceResponse
 
 XML_DECL = '<?xml version="1.0" encoding="UTF-8"?>'
 
@@ -153,6 +153,46 @@ def check_twiml(i, vec):
     ok(label)
 
 
+def reference_dial(inp):
+    resp = VoiceResponse()
+    if inp.get("say") is not None:
+        resp.say(inp["say"])
+    kwargs = {}
+    if inp.get("caller_id") is not None:
+        kwargs["caller_id"] = inp["caller_id"]
+    if inp.get("timeout") is not None:
+        kwargs["timeout"] = inp["timeout"]
+    dial = Dial(**kwargs)
+    if inp["kind"] == "number":
+        dial.number(inp["to"])
+    elif inp["kind"] == "sip":
+        dial.sip(inp["to"])
+    else:
+        dial.conference(
+            inp["to"],
+            start_conference_on_enter=inp["start_conference_on_enter"],
+            end_conference_on_exit=inp["end_conference_on_exit"],
+        )
+    resp.append(dial)
+    return str(resp)
+
+
+def check_dial(i, vec):
+    inp, ours = vec["input"], vec["xml"]
+    label = f"dial[{i}] {inp['kind']}"
+    theirs = reference_dial(inp)
+    try:
+        ours_tree = ET.fromstring(ours.encode("utf-8"))
+    except ET.ParseError as e:
+        fail(f"{label}: our XML does not parse: {e}\n      {ours}")
+        return
+    d = diff_tree(ours_tree, ET.fromstring(theirs.encode("utf-8")), "")
+    if d:
+        fail(f"{label}: {d}\n      ours  : {ours}\n      twilio: {theirs}")
+        return
+    ok(label)
+
+
 def main(argv):
     if len(argv) != 2 or argv[1] in ("-h", "--help"):
         print(__doc__.strip())
@@ -165,7 +205,7 @@ def main(argv):
         print(f"FAIL  cannot read vectors from {path}: {e}")
         return 1
     print(f"twilio {twilio.__version__}: checking {path}")
-    for section in ("signatures", "json_bodies", "twiml"):
+    for section in ("signatures", "json_bodies", "twiml", "dial"):
         if not doc.get(section):
             fail(f"section {section!r} is missing or empty")
     for i, vec in enumerate(doc.get("signatures") or []):
@@ -174,7 +214,9 @@ def main(argv):
         check_json_body(i, vec)
     for i, vec in enumerate(doc.get("twiml") or []):
         check_twiml(i, vec)
-    n = sum(len(doc.get(s) or []) for s in ("signatures", "json_bodies", "twiml"))
+    for i, vec in enumerate(doc.get("dial") or []):
+        check_dial(i, vec)
+    n = sum(len(doc.get(s) or []) for s in ("signatures", "json_bodies", "twiml", "dial"))
     if failures:
         print(f"\ncheck_twilio: FAILED ({len(failures)} failure(s), {n} vector(s) read)")
         return 1

@@ -373,5 +373,7 @@ mod tests {
         assert!(s.first("a"));
         assert!(!s.first("a"));
         assert!(s.first("b"));
+        s.forget("a");
+        assert!(s.first("a"));
     }
 }

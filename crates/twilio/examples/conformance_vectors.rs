@@ -8,7 +8,7 @@
 
 use serde_json::{Value, json};
 use voxbridge_twilio::signature::{body_sha256_hex, compute_signature};
-use voxbridge_twilio::twiml::ConnectStream;
+use voxbridge_twilio::twiml::{ConnectStream, Dial, DialTarget};
 
 const TOKEN: &str = "12345";
 
@@ -43,6 +43,35 @@ fn twiml_vector(cs: &ConnectStream) -> Value {
             "status_callback": cs.status_callback,
         },
         "xml": cs.to_xml(),
+    })
+}
+
+fn dial_vector(d: &Dial) -> Value {
+    let (kind, to, start, end) = match &d.target {
+        DialTarget::Number(n) => ("number", n.clone(), None, None),
+        DialTarget::Sip(u) => ("sip", u.clone(), None, None),
+        DialTarget::Conference {
+            name,
+            start_on_enter,
+            end_on_exit,
+        } => (
+            "conference",
+            name.clone(),
+            Some(*start_on_enter),
+            Some(*end_on_exit),
+        ),
+    };
+    json!({
+        "input": {
+            "say": d.say,
+            "caller_id": d.caller_id,
+            "timeout": d.timeout_s,
+            "kind": kind,
+            "to": to,
+            "start_conference_on_enter": start,
+            "end_conference_on_exit": end,
+        },
+        "xml": d.to_xml(),
     })
 }
 
@@ -141,10 +170,37 @@ fn main() {
         }),
     ];
 
+    // What a transfer updates a live call to.
+    let dial = vec![
+        dial_vector(&Dial {
+            say: None,
+            caller_id: Some("+14155550199".into()),
+            timeout_s: Some(30),
+            target: DialTarget::Number("+14155550177".into()),
+        }),
+        dial_vector(&Dial {
+            say: Some("Connecting you to a colleague at \"Acme\" & co.".into()),
+            caller_id: None,
+            timeout_s: None,
+            target: DialTarget::Sip("sip:desk@example.com;transport=tls".into()),
+        }),
+        dial_vector(&Dial {
+            say: None,
+            caller_id: None,
+            timeout_s: None,
+            target: DialTarget::Conference {
+                name: "vb0193abcdef".into(),
+                start_on_enter: true,
+                end_on_exit: true,
+            },
+        }),
+    ];
+
     let doc = json!({
         "signatures": signatures,
         "json_bodies": json_bodies,
         "twiml": twiml,
+        "dial": dial,
     });
     match serde_json::to_string_pretty(&doc) {
         Ok(s) => println!("{s}"),
