@@ -254,6 +254,31 @@ pub struct CallDetail {
     pub call: CallView,
     pub transcript: Vec<TranscriptLine>,
     pub events: Vec<EventView>,
+    /// Tools the agent called, with arguments, result and duration.
+    pub tool_calls: Vec<ToolCallView>,
+    /// Answers recorded with `record_survey_response`.
+    pub survey: Vec<SurveyAnswerView>,
+}
+
+/// One tool call of a call.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ToolCallView {
+    pub name: String,
+    /// The arguments as the model sent them (JSON text).
+    pub arguments: String,
+    /// What the model got back (JSON text).
+    pub result: String,
+    pub ok: bool,
+    pub duration_ms: i64,
+    pub at: String,
+}
+
+/// One survey answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SurveyAnswerView {
+    pub question: String,
+    pub answer: String,
+    pub at: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -618,7 +643,28 @@ pub async fn get_call(
     let store = state.store()?;
     let transcript = store.transcript(&id).await?;
     let events = store.events(&id).await?;
+    let tool_calls = store.tool_calls(&id).await?;
+    let survey = store.survey_responses(&id).await?;
     Ok(Json(CallDetail {
+        tool_calls: tool_calls
+            .into_iter()
+            .map(|t| ToolCallView {
+                name: t.name,
+                arguments: t.arguments,
+                result: t.result,
+                ok: t.ok,
+                duration_ms: t.duration_ms,
+                at: iso(t.at_ms),
+            })
+            .collect(),
+        survey: survey
+            .into_iter()
+            .map(|a| SurveyAnswerView {
+                question: a.question,
+                answer: a.answer,
+                at: iso(a.at_ms),
+            })
+            .collect(),
         call: CallView::from(&call),
         transcript: transcript
             .into_iter()
@@ -806,6 +852,7 @@ pub struct ErrorBody {
           crate::campaign::api::add_dnc, crate::campaign::api::remove_dnc),
     components(schemas(CreateCallRequest, Task, CallCreated, CallView, CallDetail, CallList,
                        StatusView, UsageView, TranscriptLine, EventView, ErrorBody,
+                       ToolCallView, SurveyAnswerView,
                        crate::campaign::api::CreateCampaignRequest,
                        crate::campaign::api::CampaignView, crate::campaign::api::CountsView,
                        crate::campaign::api::CampaignCreated,

@@ -333,6 +333,18 @@ async fn survey_answer_then_end() {
     let answers = rig.store.survey_responses(&id).await.expect("answers");
     assert_eq!(answers.len(), 1);
     assert_eq!(answers[0].answer, "nine");
+    // the API shows them with the call
+    let detail: Value = reqwest::Client::new()
+        .get(rig.app.http(&format!("/v1/calls/{id}")))
+        .bearer_auth(&rig.key)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(detail["survey"][0]["answer"], "nine", "{detail:#}");
+    assert_eq!(detail["tool_calls"][0]["name"], "record_survey_response");
     let names: Vec<String> = rig
         .tool_calls(&id)
         .await
