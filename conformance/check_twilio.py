@@ -7,11 +7,13 @@ VECTORS.json is what `cargo run -q -p voxbridge-twilio --example conformance_vec
 
   {"signatures":  [{"token", "url", "params": [[k, v], ...], "signature"}, ...],
    "json_bodies": [{"token", "url", "body", "signature"}, ...],
-   "twiml":       [{"input": {"url", "parameters", "say", "status_callback"}, "xml"}, ...]}
+   "twiml":       [{"input": {"url", "parameters", "say", "status_callback"}, "xml"}, ...],
+   "dial":        [{"input": {"say", "caller_id", "timeout", "kind", "to", ...}, "xml"}, ...]}
 
 Oracles (not written by us):
   * twilio.request_validator.RequestValidator  - compute_signature / validate / compute_hash
-  * twilio.twiml.voice_response.VoiceResponse  - <Connect><Stream><Parameter> rendering
+  * twilio.twiml.voice_response.VoiceResponse  - <Connect><Stream><Parameter> rendering, and the
+    <Dial><Number|Sip|Conference> a transfer updates a live call to
 
 Exits 1 with a message per mismatch.
 """

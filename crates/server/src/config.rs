@@ -485,7 +485,11 @@ impl Config {
         set!("OPENAI_WEBHOOK_SECRET", openai_webhook_secret, opt);
         set!("INBOUND_HOURS", inbound_hours, opt);
         set!("INBOUND_TIMEZONE", inbound_timezone, string);
-        set!("OUTBOUND_GREETING_WAIT_MS", outbound_greeting_wait_ms, parse);
+        set!(
+            "OUTBOUND_GREETING_WAIT_MS",
+            outbound_greeting_wait_ms,
+            parse
+        );
         set!("CAMPAIGN_WORKER", campaign_worker, bool);
         set!("CAMPAIGN_MAX_CONCURRENT", campaign_max_concurrent, parse);
         set!("CAMPAIGN_POLL_MS", campaign_poll_ms, parse);

@@ -30,6 +30,9 @@ impl From<CallsError> for SipError {
     }
 }
 
+/// An accepted SIP call: its control, and the opener of its control socket.
+pub type AcceptedSip = (Arc<dyn CallControl>, ModelFuture);
+
 /// A realtime voice model provider.
 pub trait ModelProvider: Send + Sync {
     /// For logs.
@@ -46,7 +49,7 @@ pub trait ModelProvider: Send + Sync {
         &self,
         call_id: &str,
         settings: &CallSettings,
-    ) -> BoxFuture<Result<(Arc<dyn CallControl>, ModelFuture), SipError>>;
+    ) -> BoxFuture<Result<AcceptedSip, SipError>>;
 
     /// Decline a SIP call with a SIP status (486 busy, 480 unavailable, …).
     fn reject_sip_call(&self, call_id: &str, status: u16) -> BoxFuture<Result<(), SipError>>;
@@ -103,7 +106,7 @@ impl ModelProvider for OpenAiRealtime {
         &self,
         call_id: &str,
         settings: &CallSettings,
-    ) -> BoxFuture<Result<(Arc<dyn CallControl>, ModelFuture), SipError>> {
+    ) -> BoxFuture<Result<AcceptedSip, SipError>> {
         let calls = self.calls.clone();
         let call_id = call_id.to_owned();
         let accept = AcceptSession::from_session(&settings.session);

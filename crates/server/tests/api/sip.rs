@@ -419,7 +419,9 @@ async fn sip_transfer_call_refers_to_the_configured_number() {
     assert_eq!(
         rec.end_reason.as_deref(),
         Some("transferred: +14155550177"),
-        "{rec:#?}"
+        "OpenAI closes the sideband when the REFER is accepted, which may reach the \
+         session before /refer's answer: that close is the transfer (session.rs \
+         transferred_stop). {rec:#?}"
     );
     let tools = tool_calls(&app, &id, 1).await;
     assert_eq!(tools[0].name, "transfer_call");
