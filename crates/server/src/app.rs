@@ -481,7 +481,7 @@ async fn voice(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let params = signed_form(&state, &uri, &headers, &body)?;
-    let Some(api_key) = state.config.openai_api_key.clone() else {
+    let Some(provider) = state.provider.clone() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "MODEL_NOT_CONFIGURED",
@@ -554,15 +554,7 @@ async fn voice(
         },
     );
     state.active_calls.fetch_add(1, Ordering::Relaxed);
-    let opener = match &state.provider {
-        Some(p) => p.open_media_session(settings.clone()),
-        None => open_model(
-            state.config.openai_realtime_url.clone(),
-            settings.session.model.clone(),
-            api_key,
-            settings.clone(),
-        ),
-    };
+    let opener = provider.open_media_session(settings.clone());
     tokio::spawn(async move {
         let _ = tx.send(opener.await);
     });
@@ -593,31 +585,6 @@ async fn voice(
     }
     .to_xml();
     Ok(([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], twiml).into_response())
-}
-
-/// Connect to the model and send the initial `session.update`.
-fn open_model(
-    base: String,
-    model: String,
-    api_key: String,
-    settings: Arc<CallSettings>,
-) -> ModelFuture {
-    Box::pin(async move {
-        let socket = voxbridge_realtime::connect(&base, &model, &api_key)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut link = ws::from_tungstenite(socket);
-        link.tx
-            .send(WsOut::Text(CallSettings::session_update(
-                settings.initial_session(),
-            )))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(ModelLink {
-            link,
-            session_update_sent: true,
-        })
-    })
 }
 
 /// `GET /twilio/media`: the Media Stream WebSocket.
@@ -691,7 +658,7 @@ pub async fn handle_media(state: AppState, mut twilio: Link) {
     let claimed = state.preconnected().remove(&call_id);
     let (model, settings): (ModelFuture, Arc<CallSettings>) = match (
         claimed,
-        state.config.openai_api_key.clone(),
+        state.provider.clone(),
     ) {
         (Some(p), _) => (
             Box::pin(async move {
@@ -701,7 +668,7 @@ pub async fn handle_media(state: AppState, mut twilio: Link) {
             }),
             p.settings,
         ),
-        (None, Some(key)) => {
+        (None, Some(provider)) => {
             // The socket landed on a node that did not answer the
             // webhook, or the pre-connect expired: connect afresh.
             let stored = match &state.store {
@@ -727,16 +694,7 @@ pub async fn handle_media(state: AppState, mut twilio: Link) {
                 }
             };
             state.active_calls.fetch_add(1, Ordering::Relaxed);
-            let opener = match &state.provider {
-                Some(p) => p.open_media_session(settings.clone()),
-                None => open_model(
-                    state.config.openai_realtime_url.clone(),
-                    settings.session.model.clone(),
-                    key,
-                    settings.clone(),
-                ),
-            };
-            (opener, settings)
+            (provider.open_media_session(settings.clone()), settings)
         }
         (None, None) => {
             let _ = twilio

@@ -363,6 +363,8 @@ struct Session {
     /// When the last response was done (sideband: its audio plays out after that).
     last_response_done: Option<Instant>,
     transfer_announced: bool,
+    /// A `response.create` waiting for the active response to finish.
+    queued_response: Option<Option<ResponseParams>>,
     /// When the call must end (the agent's max call duration).
     hard_stop: Option<Instant>,
     /// Last sign of speech from either side (for the silence timeout).
@@ -418,6 +420,7 @@ pub async fn run(
         machine: Machine::No,
         last_response_done: None,
         transfer_announced: false,
+        queued_response: None,
         hard_stop: None,
         last_activity: Instant::now(),
     };
@@ -589,9 +592,7 @@ impl Session {
             .to_json(),
         );
         if self.playback.active_response().is_none() {
-            self.out
-                .model
-                .push(ClientEvent::ResponseCreate { response: None }.to_json());
+            self.request_response(None);
         }
         self.summary.dtmf.push(digit);
     }
@@ -729,6 +730,9 @@ impl Session {
                 self.playback.response_done(&response_id);
                 self.last_response_done = Some(Instant::now());
                 self.last_activity = Instant::now();
+                if let Some(params) = self.queued_response.take() {
+                    self.request_response(params);
+                }
                 if let Some(u) = usage {
                     let cached = u
                         .input_token_details
@@ -933,16 +937,11 @@ impl Session {
         match self.ctx.tools.voicemail.clone() {
             Some(VoicemailPlan::LeaveMessage(message)) => {
                 info!("leaving a voicemail message");
-                self.out.model.push(
-                    ClientEvent::ResponseCreate {
-                        response: Some(ResponseParams {
-                            instructions: Some(format!(
-                                "You reached a voicemail. Say exactly this message, then stop: {message}"
-                            )),
-                        }),
-                    }
-                    .to_json(),
-                );
+                self.request_response(Some(ResponseParams {
+                    instructions: Some(format!(
+                        "You reached a voicemail. Say exactly this message, then stop: {message}"
+                    )),
+                }));
                 self.start_ending(
                     Then::Hangup(EndReason::Voicemail("message left".into())),
                     true,
@@ -1052,6 +1051,13 @@ impl Session {
                 self.announce_transfer(&to);
                 EndReason::Transferred(to)
             }
+            // OpenAI closes the sideband as soon as the REFER is taken, possibly before the
+            // `/refer` request has answered.
+            EndReason::ModelClosed(_) if self.ctx.transport == Transport::Sideband => {
+                let to = to.clone();
+                self.announce_transfer(&to);
+                EndReason::Transferred(to)
+            }
             other => other,
         }
     }
@@ -1079,9 +1085,23 @@ impl Session {
             }
             .to_json(),
         );
+        self.request_response(None);
+    }
+
+    /// Ask for a response now, or once the response in progress is done: the API refuses a
+    /// second `response.create` while one is active (`conversation_already_has_active_response`),
+    /// and a function call arrives before its response is done.
+    fn request_response(&mut self, params: Option<ResponseParams>) {
+        if self.playback.active_response().is_some() {
+            // The latest request wins (e.g. a voicemail message replaces a plain go-on).
+            if params.is_some() || self.queued_response.is_none() {
+                self.queued_response = Some(params);
+            }
+            return;
+        }
         self.out
             .model
-            .push(ClientEvent::ResponseCreate { response: None }.to_json());
+            .push(ClientEvent::ResponseCreate { response: params }.to_json());
     }
 
     /// Send a function call's output, and (`respond`) let the model go on.
@@ -1096,9 +1116,7 @@ impl Session {
             .to_json(),
         );
         if respond {
-            self.out
-                .model
-                .push(ClientEvent::ResponseCreate { response: None }.to_json());
+            self.request_response(None);
         }
     }
 

@@ -15,19 +15,19 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::provider::SipError;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::json;
 use tracing::{Instrument as _, info, info_span, warn};
-use voxbridge_realtime::calls::{AcceptSession, CallsClient};
 use voxbridge_realtime::webhooks::{IncomingCall, WebhookEvent, WebhookVerifier, unix_now};
 use voxbridge_twilio::media::Start;
 
 use crate::app::{ApiError, AppState};
 use crate::hub::CallEventKind;
-use crate::session::{self, CallContext, ModelFuture, ModelLink, Transport};
+use crate::session::{self, CallContext, Transport};
 
 /// How long webhook and call ids are remembered for de-duplication.
 const DEDUPE_TTL: Duration = Duration::from_secs(15 * 60);
@@ -151,20 +151,13 @@ async fn incoming(
     state: AppState,
     call: IncomingCall,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let Some(api_key) = state.config.openai_api_key.clone() else {
+    let Some(provider) = state.provider.clone() else {
         return Err(bad(
             StatusCode::SERVICE_UNAVAILABLE,
             "MODEL_NOT_CONFIGURED",
             "OPENAI_API_KEY is not configured",
         ));
     };
-    let calls = CallsClient::new(&state.config.openai_api_base, &api_key).map_err(|e| {
-        bad(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "MODEL_NOT_CONFIGURED",
-            e.to_string(),
-        )
-    })?;
     let to = call.to_number().unwrap_or_default();
     let from = call.from_number().unwrap_or_default();
     info!(%to, %from, "SIP call incoming");
@@ -182,12 +175,12 @@ async fn incoming(
     };
     if let Some((code, why)) = refuse {
         info!(code, why, "rejecting SIP call");
-        return match calls.reject(&call.call_id, Some(code)).await {
+        return match provider.reject_sip_call(&call.call_id, code).await {
             Ok(()) => Ok((
                 StatusCode::OK,
                 Json(json!({"status": "rejected", "reason": why})),
             )),
-            Err(e) if e.is_gone() => Ok((StatusCode::OK, Json(json!({"status": "gone"})))),
+            Err(SipError::Gone) => Ok((StatusCode::OK, Json(json!({"status": "gone"})))),
             Err(e) => Err(bad(StatusCode::BAD_GATEWAY, "REJECT_FAILED", e.to_string())),
         };
     }
@@ -196,7 +189,7 @@ async fn incoming(
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "agent cannot render; rejecting the call");
-            let _ = calls.reject(&call.call_id, Some(500)).await;
+            let _ = provider.reject_sip_call(&call.call_id, 500).await;
             return Err(bad(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "AGENT_TEMPLATE_ERROR",
@@ -208,11 +201,10 @@ async fn incoming(
     // No marks come back on the sideband, so a protected greeting could not be released;
     // the server plays the disclosure whole anyway unless the caller talks over it.
     settings.greeting_protected = false;
-    let accept = AcceptSession::from_session(&settings.session);
     let started = Instant::now();
-    match calls.accept(&call.call_id, &accept).await {
-        Ok(()) => {}
-        Err(e) if e.is_gone() => {
+    let (control, model) = match provider.accept_sip_call(&call.call_id, &settings).await {
+        Ok(accepted) => accepted,
+        Err(SipError::Gone) => {
             info!("the caller hung up before the call was accepted");
             return Ok((StatusCode::OK, Json(json!({"status": "gone"}))));
         }
@@ -220,7 +212,7 @@ async fn incoming(
             warn!(error = %e, "accept failed");
             return Err(bad(StatusCode::BAD_GATEWAY, "ACCEPT_FAILED", e.to_string()));
         }
-    }
+    };
     info!(accept_ms = started.elapsed().as_millis() as u64, agent = %agent.name, "SIP call accepted");
     let call_id = call.call_id.clone();
     let created_at_ms = crate::token::now_ms() as i64;
@@ -249,10 +241,6 @@ async fn incoming(
         },
     );
     let tools = Arc::new(crate::tools::for_agent(&agent, None));
-    let control = Arc::new(crate::control::SipControl {
-        calls,
-        call_id: call_id.clone(),
-    });
     let ctx = CallContext {
         tools,
         control: Some(control.clone()),
@@ -267,20 +255,6 @@ async fn incoming(
             .silence_timeout_s
             .map(|s| Duration::from_secs(u64::from(s))),
     };
-    let ws_base = state.config.openai_realtime_url.clone();
-    let model: ModelFuture = {
-        let call_id = call_id.clone();
-        Box::pin(async move {
-            let socket =
-                voxbridge_realtime::connect::connect_sideband(&ws_base, &call_id, &api_key)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            Ok(ModelLink {
-                link: crate::ws::from_tungstenite(socket),
-                session_update_sent: true,
-            })
-        })
-    };
     let start = Start {
         stream_sid: format!("sip-{call_id}"),
         account_sid: String::new(),
@@ -293,8 +267,10 @@ async fn incoming(
     let hub = state.hub.clone();
     let st = state.clone();
     st.sip_call_started();
-    // The agent's longest call: nothing else bounds a SIP call (no Twilio time limit).
-    let limit = Duration::from_secs(u64::from(agent.max_call_duration_s.max(1)));
+    // The session ends the call politely at the agent's longest call (a goodbye, then a
+    // hang-up); this is the backstop should it not (nothing else bounds a SIP call: there is
+    // no Twilio time limit).
+    let limit = Duration::from_secs(u64::from(agent.max_call_duration_s.max(1)) + 30);
     tokio::spawn(
         async move {
             let run = session::run(

@@ -1055,7 +1055,10 @@ async fn sip_call_is_hung_up_at_the_agents_longest_call() {
         .await
         .expect("call");
     assert_eq!(rec.status, "completed", "{rec:#?}");
-    assert_eq!(rec.end_reason.as_deref(), Some("max_duration: 10 s"));
+    assert_eq!(
+        rec.end_reason.as_deref(),
+        Some("agent_ended: max call duration reached")
+    );
     assert!(rec.duration_s.is_some_and(|d| d >= 10), "{rec:#?}");
     assert!(
         eventually(LONG, || app.app.state.active_calls() == 0).await,
