@@ -102,8 +102,34 @@ async fn dispatch_due(
             lease_ms: state.config.campaign_lease_ms as i64,
             node_free: limit - live,
         };
+        let agents = state.agents.current();
         let tickets = store
-            .dispatch(&campaign_id, &lim, |inp| rules::decide(t, inp))
+            .dispatch(&campaign_id, &lim, |inp| {
+                let choice = rules::decide(t, inp);
+                if choice != voxbridge_store::DispatchChoice::Dial {
+                    return choice;
+                }
+                // A contact whose fields do not fill the agent's templates would fail at the
+                // voice webhook, after the phone rang: refuse it now, saying which field.
+                let task = voxbridge_store::call_task(inp.campaign, inp.contact);
+                let task: Option<crate::agents::Task> =
+                    serde_json::from_value(task["task"].clone()).ok();
+                match agents.get(&inp.campaign.agent) {
+                    None => voxbridge_store::DispatchChoice::Defer {
+                        until_ms: t + 60_000,
+                        code: "UNKNOWN_AGENT".into(),
+                        message: format!("no agent named {:?} is loaded", inp.campaign.agent),
+                    },
+                    Some(agent) => match crate::agents::check_task(&agent, task.as_ref()) {
+                        Ok(()) => choice,
+                        Err(e) => voxbridge_store::DispatchChoice::Refuse {
+                            state: "refused",
+                            code: "TEMPLATE_ERROR".into(),
+                            message: e.to_string(),
+                        },
+                    },
+                }
+            })
             .await?;
         for ticket in tickets {
             let span = info_span!("campaign_call", call_id = %ticket.attempt.call_id,

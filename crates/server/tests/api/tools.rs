@@ -591,6 +591,8 @@ message = "Hi, this is Acme calling about your order. Please call us back."
     );
     // the only response asked for leaves the message
     let creates: Vec<Value> = rig.app.sim.events_of_type("response.create");
+    // the greeting waited for a person and never played into the machine's greeting
+    assert_eq!(creates.len(), 1, "{creates:#?}");
     assert!(
         creates.iter().any(|e| e["response"]["instructions"]
             .as_str()
@@ -643,5 +645,43 @@ async fn max_call_duration_says_goodbye_and_ends() {
             .events_of_type("conversation.item.create")
             .iter()
             .any(|e| e.to_string().contains("maximum call length"))
+    );
+}
+
+/// On an outbound call the greeting waits for a person: here only machine detection's
+/// `human` verdict can release it (the wait is far longer than the test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_human_answer_releases_the_greeting() {
+    let emu = TwilioEmulatorConfig {
+        default_script: vec![
+            CallerStep::WaitAgentSpeaking { timeout_ms: 15_000 },
+            CallerStep::WaitAgentQuiet {
+                quiet_ms: 300,
+                timeout_ms: 10_000,
+            },
+            CallerStep::Hangup,
+        ],
+        ..callee_waits(1)
+    };
+    let rig = rig(
+        sim_with(&[]),
+        emu,
+        false,
+        r#"action = "hang_up""#,
+        &[
+            ("MACHINE_DETECTION", "Enable"),
+            ("OUTBOUND_GREETING_WAIT_MS", "600000"),
+        ],
+    )
+    .await;
+    let id = rig.call().await;
+    let call = rig.ended(&id).await;
+    assert_eq!(call.answered_by.as_deref(), Some("human"), "{call:#?}");
+    let creates = rig.app.sim.events_of_type("response.create");
+    assert_eq!(creates.len(), 1, "{creates:#?}");
+    let transcript = rig.store.transcript(&id).await.expect("transcript");
+    assert!(
+        transcript.iter().any(|t| t.text.contains("Acme assistant")),
+        "the greeting was heard: {transcript:#?}"
     );
 }
