@@ -763,17 +763,21 @@ async fn call_context(state: &AppState, call_id: &str, start: &Start) -> session
             call_id.to_owned(),
         ) as Arc<dyn session::CallControl>
     });
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    state
-        .live
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(call_id.to_owned(), tx);
+    // Answering-machine verdicts exist for outbound calls only.
+    let signals = outbound.then(|| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        state
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(call_id.to_owned(), tx);
+        rx
+    });
     let wait = state.config.outbound_greeting_wait_ms;
     session::CallContext {
         tools: Arc::new(crate::tools::for_agent(&agent, task.as_ref())),
         control,
-        signals: Some(rx),
+        signals,
         http: Some(state.http.clone()),
         greeting_wait: (outbound && wait > 0).then(|| Duration::from_millis(wait)),
         peer_number,

@@ -326,7 +326,6 @@ enum Wake {
     Pace,
     Tool(ToolDone),
     Signal(Signal),
-    Timer,
 }
 
 struct Session {
@@ -355,7 +354,10 @@ struct Session {
     summary: CallSummary,
     out: Outbox,
     ctx: CallContext,
-    tool_tx: mpsc::UnboundedSender<ToolDone>,
+    /// Results of asynchronous tools (HTTP tools, transfers) come back here.
+    tool_tx: Option<mpsc::UnboundedSender<ToolDone>>,
+    /// A receiver for the loop to take (created with `tool_tx`).
+    new_tool_rx: Option<mpsc::UnboundedReceiver<ToolDone>>,
     /// The greeting waits (outbound) until this instant unless a person shows up first.
     greeting_gate: Option<Instant>,
     ending: Option<Ending>,
@@ -382,7 +384,8 @@ pub async fn run(
     hub: EventHub,
     mut ctx: CallContext,
 ) -> CallSummary {
-    let (tool_tx, mut tool_rx) = mpsc::unbounded_channel();
+    // Created on the first asynchronous tool (most calls have none: no channel to poll).
+    let mut tool_rx: Option<mpsc::UnboundedReceiver<ToolDone>> = None;
     let mut signals = ctx.signals.take();
     let mut playback = Playback::new(settings.pacer);
     playback.start(&start.stream_sid);
@@ -414,7 +417,8 @@ pub async fn run(
         summary: CallSummary::default(),
         out: Outbox::default(),
         ctx,
-        tool_tx,
+        tool_tx: None,
+        new_tool_rx: None,
         greeting_gate: None,
         ending: None,
         machine: Machine::No,
@@ -433,30 +437,27 @@ pub async fn run(
         },
     );
     let mut pending: Option<ModelFuture> = Some(model);
-    // One timer per call, re-armed only when the pacer's deadline moves
-    // (a fresh timer per loop turn would cost a timer-wheel insert and
-    // removal for every frame in either direction).
+    // One timer per call, re-armed only when its deadline moves (a fresh timer per loop
+    // turn would cost a timer-wheel insert and removal for every frame in either
+    // direction): the pacer's next frame, or the session's own deadlines (greeting wait,
+    // voicemail beep, ending, call length, silence), whichever comes first.
     let pacer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(pacer);
     let mut armed: Option<Instant> = None;
-    // Greeting gate, voicemail beep and ending deadlines share a second timer.
-    let timer = tokio::time::sleep_until(Instant::now());
-    tokio::pin!(timer);
-    let mut timer_at: Option<Instant> = None;
     let reason = loop {
         let due = s.next_timer();
-        if let Some(d) = due
-            && timer_at != Some(d)
-        {
-            timer.as_mut().reset(d);
-            timer_at = Some(d);
-        }
-        let deadline = s.playback.next_deadline();
+        let deadline = match (s.playback.next_deadline(), due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if let Some(d) = deadline
             && armed != Some(d)
         {
             pacer.as_mut().reset(d);
             armed = Some(d);
+        }
+        if let Some(rx) = s.new_tool_rx.take() {
+            tool_rx = Some(rx);
         }
         let wake = tokio::select! {
             m = twilio.rx.next() => Wake::Twilio(m),
@@ -466,12 +467,8 @@ pub async fn run(
                 armed = None;
                 Wake::Pace
             }
-            Some(done) = tool_rx.recv() => Wake::Tool(done),
+            Some(done) = async { match tool_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } }, if tool_rx.is_some() => Wake::Tool(done),
             Some(sig) = async { match signals.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } }, if signals.is_some() => Wake::Signal(sig),
-            () = &mut timer, if due.is_some() => {
-                timer_at = None;
-                Wake::Timer
-            }
         };
         let step = match wake {
             Wake::Twilio(m) => s.on_twilio(m),
@@ -481,14 +478,18 @@ pub async fn run(
             }
             Wake::Model(m) => s.on_model(m),
             Wake::Pace => {
+                let now = Instant::now();
                 let mut out = std::mem::take(&mut s.out);
-                s.playback.pump(Instant::now(), &mut out);
+                s.playback.pump(now, &mut out);
                 s.out = out;
-                Ok(())
+                if due.is_some_and(|t| t <= now) {
+                    s.on_timer()
+                } else {
+                    Ok(())
+                }
             }
             Wake::Tool(done) => s.on_tool_done(done),
             Wake::Signal(sig) => s.on_signal(sig),
-            Wake::Timer => s.on_timer(),
         };
         let step = step
             .and_then(|()| s.check_ending())
@@ -1009,7 +1010,7 @@ impl Session {
             Then::Transfer(target) => {
                 match self.ctx.control.clone() {
                     Some(control) => {
-                        let tx = self.tool_tx.clone();
+                        let tx = self.tool_sender();
                         let to = target.to.clone();
                         tokio::spawn(async move {
                             let result = control.transfer(target.clone()).await;
@@ -1075,6 +1076,17 @@ impl Session {
                 warm,
             },
         );
+    }
+
+    /// The sender of tool results, creating the channel on first use.
+    fn tool_sender(&mut self) -> mpsc::UnboundedSender<ToolDone> {
+        if let Some(tx) = &self.tool_tx {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.tool_tx = Some(tx.clone());
+        self.new_tool_rx = Some(rx);
+        tx
     }
 
     /// Tell the model something as a user-side note and let it respond.
@@ -1207,7 +1219,7 @@ impl Session {
             }
             Action::Http { tool, arguments } => {
                 let client = self.ctx.http.clone().unwrap_or_default();
-                let tx = self.tool_tx.clone();
+                let tx = self.tool_sender();
                 tokio::spawn(async move {
                     let result = tools::run_http(&client, &tool, &arguments).await;
                     let _ = tx.send(ToolDone::Http { call, result });
