@@ -155,7 +155,7 @@ impl App {
                 ) {
                     Ok(p) => Some(Arc::new(p) as Arc<dyn crate::provider::ModelProvider>),
                     Err(e) => {
-                        warn!(error = %e, "OPENAI_API_BASE is not usable; SIP calls are off");
+                        warn!(error = %e, "the OpenAI provider cannot be set up; calls are refused");
                         None
                     }
                 },
