@@ -146,20 +146,19 @@ impl App {
             tokio::spawn(crate::persist::run_writer(store.clone(), rx));
         }
         let twilio = twilio_client(&config);
-        let provider =
-            config.openai_api_key.as_ref().and_then(
-                |key| match crate::provider::OpenAiRealtime::new(
-                    &config.openai_realtime_url,
-                    &config.openai_api_base,
-                    key,
-                ) {
-                    Ok(p) => Some(Arc::new(p) as Arc<dyn crate::provider::ModelProvider>),
-                    Err(e) => {
-                        warn!(error = %e, "the OpenAI provider cannot be set up; calls are refused");
-                        None
-                    }
-                },
-            );
+        let provider = config.openai_api_key.as_ref().and_then(|key| {
+            match crate::provider::OpenAiRealtime::new(
+                &config.openai_realtime_url,
+                &config.openai_api_base,
+                key,
+            ) {
+                Ok(p) => Some(Arc::new(p) as Arc<dyn crate::provider::ModelProvider>),
+                Err(e) => {
+                    warn!(error = %e, "the OpenAI provider cannot be set up; calls are refused");
+                    None
+                }
+            }
+        });
         let node_id = config
             .node_id
             .clone()
