@@ -207,6 +207,14 @@ pub async fn create_campaign(
     ApiJson(req): ApiJson<CreateCampaignRequest>,
 ) -> Result<Response, ApiError> {
     let store = state.store()?;
+    if state.twilio.is_none() {
+        // Accepting a campaign that can never dial would fail silently.
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "TWILIO_NOT_CONFIGURED",
+            "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or an API key) must be set to run campaigns",
+        ));
+    }
     let name = req.name.trim();
     if name.is_empty() || name.len() > 200 {
         return Err(bad("INVALID_NAME", "name must be 1 to 200 characters"));
