@@ -287,6 +287,7 @@ pub fn settings_for(
 ) -> Result<CallSettings, RenderError> {
     let texts = crate::agents::call_texts(agent, task, config.agent_speaks_first)?;
     let turn = agent.turn_detection.clone();
+    let tools = crate::tools::for_agent(agent, task);
     Ok(CallSettings {
         session: SessionConfig::phone(
             model.unwrap_or(&agent.model),
@@ -296,7 +297,7 @@ pub fn settings_for(
             agent.transcription.clone(),
             config.noise_reduction(),
         )
-        .with_tools(crate::tools::for_agent(agent, task).function_tools()),
+        .with_tools(tools.function_tools()),
         turn_detection: turn,
         greeting: texts.greeting,
         greeting_protected: config.greeting_uninterruptible,
@@ -305,6 +306,12 @@ pub fn settings_for(
             mark_interval_ms: config.mark_interval_ms,
         },
         input_buffer_ms: config.input_buffer_ms,
+        tools: Arc::new(tools),
+        max_duration: Some(Duration::from_secs(u64::from(agent.max_call_duration_s)))
+            .filter(|d| !d.is_zero()),
+        silence_timeout: agent
+            .silence_timeout_s
+            .map(|s| Duration::from_secs(u64::from(s))),
     })
 }
 
@@ -655,6 +662,12 @@ pub async fn handle_media(state: AppState, mut twilio: Link) {
         warn!(format = ?start.media_format, "unexpected Twilio media format");
     }
     let claimed = state.preconnected().remove(&call_id);
+    // The call's record: its direction and numbers (call control, the greeting wait) and,
+    // when the socket landed here without a pre-connect, its agent and task.
+    let stored = match &state.store {
+        Some(store) => store.get_call(&call_id).await.ok().flatten(),
+        None => None,
+    };
     let (model, settings): (ModelFuture, Arc<CallSettings>) = match (
         claimed,
         state.provider.clone(),
@@ -670,10 +683,6 @@ pub async fn handle_media(state: AppState, mut twilio: Link) {
         (None, Some(provider)) => {
             // The socket landed on a node that did not answer the
             // webhook, or the pre-connect expired: connect afresh.
-            let stored = match &state.store {
-                Some(store) => store.get_call(&call_id).await.ok().flatten(),
-                None => None,
-            };
             let settings = match &stored {
                 Some(call) => settings_for_record(&state, call),
                 None => {
@@ -703,7 +712,7 @@ pub async fn handle_media(state: AppState, mut twilio: Link) {
             return;
         }
     };
-    let ctx = call_context(&state, &call_id, &start).await;
+    let ctx = call_context(&state, &call_id, &start, stored.as_ref());
     let summary = session::run(
         call_id.clone(),
         start,
@@ -724,25 +733,15 @@ pub async fn handle_media(state: AppState, mut twilio: Link) {
           frames_out = summary.frames_out, barge_ins = summary.barge_ins, "call finished");
 }
 
-/// The tools, call control and signals of a Media Streams call.
-async fn call_context(state: &AppState, call_id: &str, start: &Start) -> session::CallContext {
-    let stored = match &state.store {
-        Some(store) => store.get_call(call_id).await.ok().flatten(),
-        None => None,
-    };
-    let outbound = stored.as_ref().is_some_and(|c| c.direction == "outbound");
-    let agent = match &stored {
-        Some(c) => state
-            .agents
-            .get(&c.agent)
-            .unwrap_or_else(|| state.agents.for_number(&c.to_number)),
-        None => state.agents.for_number(""),
-    };
-    let task: Option<crate::agents::Task> = stored
-        .as_ref()
-        .and_then(|c| c.task.as_ref())
-        .and_then(|t| serde_json::from_value(t["task"].clone()).ok());
-    let peer_number = stored.as_ref().map(|c| {
+/// The call control and signals of a Media Streams call (`stored`: its record, if any).
+fn call_context(
+    state: &AppState,
+    call_id: &str,
+    start: &Start,
+    stored: Option<&voxbridge_store::CallRecord>,
+) -> session::CallContext {
+    let outbound = stored.is_some_and(|c| c.direction == "outbound");
+    let peer_number = stored.map(|c| {
         if outbound {
             c.to_number.clone()
         } else {
@@ -754,7 +753,7 @@ async fn call_context(state: &AppState, call_id: &str, start: &Start) -> session
             .config
             .twilio_phone_number
             .clone()
-            .or_else(|| stored.as_ref().map(|c| c.from_number.clone()));
+            .or_else(|| stored.map(|c| c.from_number.clone()));
         crate::control::TwilioControl::new(
             client,
             start.call_sid.clone(),
@@ -774,18 +773,12 @@ async fn call_context(state: &AppState, call_id: &str, start: &Start) -> session
     });
     let wait = state.config.outbound_greeting_wait_ms;
     session::CallContext {
-        tools: Arc::new(crate::tools::for_agent(&agent, task.as_ref())),
         control,
         signals,
         http: Some(state.http.clone()),
         greeting_wait: (outbound && wait > 0).then(|| Duration::from_millis(wait)),
         peer_number,
         transport: session::Transport::MediaStreams,
-        max_duration: Some(Duration::from_secs(u64::from(agent.max_call_duration_s)))
-            .filter(|d| !d.is_zero()),
-        silence_timeout: agent
-            .silence_timeout_s
-            .map(|s| Duration::from_secs(u64::from(s))),
     }
 }
 

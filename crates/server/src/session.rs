@@ -54,6 +54,13 @@ pub struct CallSettings {
     pub pacer: PacerConfig,
     /// Caller audio kept while the model socket opens.
     pub input_buffer_ms: u64,
+    /// The agent's tools (declared in `session.tools`), transfer target and voicemail plan.
+    pub tools: Arc<CallTools>,
+    /// The agent's call length limit: the call ends (after the agent's current words) when
+    /// it is reached.
+    pub max_duration: Option<Duration>,
+    /// End the call when neither side has spoken for this long.
+    pub silence_timeout: Option<Duration>,
 }
 
 impl CallSettings {
@@ -110,10 +117,9 @@ pub enum Transport {
     Sideband,
 }
 
-/// What a call has besides its settings: tools and the means to act on the call.
+/// What a call has besides its settings: the means to act on the call.
 #[derive(Default)]
 pub struct CallContext {
-    pub tools: Arc<CallTools>,
     pub control: Option<Arc<dyn CallControl>>,
     pub signals: Option<mpsc::UnboundedReceiver<Signal>>,
     /// For HTTP tools.
@@ -124,11 +130,6 @@ pub struct CallContext {
     /// The other party's number (the callee of an outbound call), for `opt_out`.
     pub peer_number: Option<String>,
     pub transport: Transport,
-    /// The agent's call length limit: the call ends (after the agent's current words) when it
-    /// is reached.
-    pub max_duration: Option<Duration>,
-    /// End the call when neither side has spoken for this long.
-    pub silence_timeout: Option<Duration>,
 }
 
 /// Sideband calls: the carrier plays the agent's audio; the words are taken as played this
@@ -428,7 +429,7 @@ pub async fn run(
         hard_stop: None,
         last_activity: Instant::now(),
     };
-    s.hard_stop = s.ctx.max_duration.map(|d| Instant::now() + d);
+    s.hard_stop = s.settings.max_duration.map(|d| Instant::now() + d);
     s.hub.publish(
         &call_id,
         CallEventKind::StreamStarted {
@@ -851,7 +852,7 @@ impl Session {
             if let Some(t) = self.hard_stop {
                 consider(t);
             }
-            if let Some(d) = self.ctx.silence_timeout {
+            if let Some(d) = self.settings.silence_timeout {
                 consider(self.last_activity + d);
             }
         }
@@ -879,7 +880,7 @@ impl Session {
                     Then::Hangup(EndReason::AgentEnded("max call duration reached".into())),
                     true,
                 );
-            } else if let Some(d) = self.ctx.silence_timeout
+            } else if let Some(d) = self.settings.silence_timeout
                 && now >= self.last_activity + d
                 && !self.playback.is_playing()
                 && self.playback.active_response().is_none()
@@ -935,7 +936,7 @@ impl Session {
             return;
         }
         self.machine = Machine::Leaving;
-        match self.ctx.tools.voicemail.clone() {
+        match self.settings.tools.voicemail.clone() {
             Some(VoicemailPlan::LeaveMessage(message)) => {
                 info!("leaving a voicemail message");
                 self.request_response(Some(ResponseParams {
@@ -1068,7 +1069,12 @@ impl Session {
             return;
         }
         self.transfer_announced = true;
-        let warm = self.ctx.tools.transfer.as_ref().is_some_and(|t| t.warm);
+        let warm = self
+            .settings
+            .tools
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.warm);
         self.hub.publish(
             &self.call_id,
             CallEventKind::Transferred {
@@ -1150,7 +1156,7 @@ impl Session {
     /// The model asked for a tool.
     fn on_function_call(&mut self, call: FunctionCall) {
         use serde_json::json;
-        let action = tools::decide(&self.ctx.tools, &call);
+        let action = tools::decide(&self.settings.tools, &call);
         match action {
             Action::Reply { output, ok } => {
                 self.record_tool(&call, &output, ok, 0);

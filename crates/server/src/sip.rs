@@ -240,20 +240,13 @@ async fn incoming(
             to: to.clone(),
         },
     );
-    let tools = Arc::new(crate::tools::for_agent(&agent, None));
     let ctx = CallContext {
-        tools,
         control: Some(control.clone()),
         signals: None,
         http: Some(state.http.clone()),
         greeting_wait: None,
         peer_number: Some(from.clone()).filter(|f| !f.is_empty()),
         transport: Transport::Sideband,
-        max_duration: Some(Duration::from_secs(u64::from(agent.max_call_duration_s)))
-            .filter(|d| !d.is_zero()),
-        silence_timeout: agent
-            .silence_timeout_s
-            .map(|s| Duration::from_secs(u64::from(s))),
     };
     let start = Start {
         stream_sid: format!("sip-{call_id}"),

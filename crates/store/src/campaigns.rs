@@ -27,6 +27,12 @@ pub const OPEN_CONTACT_STATES: [&str; 4] = ["pending", "deferred", "dialing", "i
 /// How far back [`Store::dispatch`] loads a number's history for the `decide` function.
 pub const HISTORY_WINDOW_MS: i64 = 8 * 24 * 3600 * 1000;
 
+/// Calls placed (or possibly placed) to a number since an instant, any campaign: the
+/// history the calling rules see.
+const HISTORY: &str = "SELECT started_at_ms, campaign_id, outcome FROM attempts \
+     WHERE phone = $1 AND state <> 'not_placed' AND started_at_ms >= $2 \
+     ORDER BY started_at_ms";
+
 macro_rules! campaign_cols {
     () => {
         "id, name, agent, task, from_number, policy, status, status_reason, max_concurrent, \
@@ -786,9 +792,6 @@ impl Store {
              FOR UPDATE SKIP LOCKED"
         );
         const DNC: &str = "SELECT COUNT(*) FROM do_not_call WHERE phone = $1";
-        const HISTORY: &str = "SELECT started_at_ms, campaign_id, outcome FROM attempts \
-             WHERE phone = $1 AND state <> 'not_placed' AND started_at_ms >= $2 \
-             ORDER BY started_at_ms";
         const LIVE_PHONE: &str = "SELECT COUNT(*) FROM attempts WHERE phone = $1 \
              AND state IN ('dialing', 'in_call')";
         const NEXT_SEQ: &str = "SELECT COALESCE(MAX(seq), 0) + 1 FROM attempts \
@@ -1107,9 +1110,6 @@ impl Store {
         const CAMPAIGN: &str =
             concat!("SELECT ", campaign_cols!(), " FROM campaigns WHERE id = $1");
         const CONTACT: &str = concat!("SELECT ", contact_cols!(), " FROM contacts WHERE id = $1");
-        const HISTORY: &str = "SELECT started_at_ms, campaign_id, outcome FROM attempts \
-             WHERE phone = $1 AND state <> 'not_placed' AND started_at_ms >= $2 \
-             ORDER BY started_at_ms";
         const RETRY: &str = concat!(
             "UPDATE contacts SET state = 'deferred', next_run_at_ms = $2, last_outcome = $3, \
              reason_code = 'RETRY', reason = $4, updated_at_ms = $5 WHERE id = $1 RETURNING ",
