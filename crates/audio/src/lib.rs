@@ -34,12 +34,14 @@ pub fn mulaw_rms(buf: &[u8]) -> f64 {
     if buf.is_empty() {
         return 0.0;
     }
-    let sum: f64 = buf
+    // Integer sum (exact, and it vectorises; a float sum is sequential): each square is
+    // below 2^30, so a u64 holds the sum of 2^34 of them.
+    let sum: u64 = buf
         .iter()
         .map(|&b| {
-            let s = f64::from(mulaw_decode(b));
-            s * s
+            let s = i64::from(mulaw_decode(b));
+            (s * s) as u64
         })
         .sum();
-    (sum / buf.len() as f64).sqrt()
+    (sum as f64 / buf.len() as f64).sqrt()
 }

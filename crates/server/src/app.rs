@@ -304,6 +304,7 @@ pub fn settings_for(
         pacer: PacerConfig {
             lead: Duration::from_millis(config.pacing_lead_ms),
             mark_interval_ms: config.mark_interval_ms,
+            batch: Duration::from_millis(config.pacing_batch_ms),
         },
         input_buffer_ms: config.input_buffer_ms,
         tools: Arc::new(tools),

@@ -65,6 +65,8 @@ pub struct Config {
     pub pacing_lead_ms: u64,
     /// Audio between playback marks (`MARK_INTERVAL_MS`).
     pub mark_interval_ms: u64,
+    /// Audio per pacer write mid-burst (`PACING_BATCH_MS`); see `PacerConfig::batch`.
+    pub pacing_batch_ms: u64,
     /// Close a media socket that sends no `start` in time (`START_TIMEOUT_MS`).
     pub start_timeout_ms: u64,
     /// How long a pre-connected model socket waits for its media socket
@@ -296,6 +298,7 @@ impl Default for Config {
             stream_secret: None,
             pacing_lead_ms: 160,
             mark_interval_ms: 100,
+            pacing_batch_ms: crate::playback::DEFAULT_BATCH_MS,
             start_timeout_ms: 10_000,
             preconnect_ttl_ms: 30_000,
             input_buffer_ms: 5_000,
@@ -464,6 +467,7 @@ impl Config {
         set!("VOXBRIDGE_STREAM_SECRET", stream_secret, opt);
         set!("PACING_LEAD_MS", pacing_lead_ms, parse);
         set!("MARK_INTERVAL_MS", mark_interval_ms, parse);
+        set!("PACING_BATCH_MS", pacing_batch_ms, parse);
         set!("START_TIMEOUT_MS", start_timeout_ms, parse);
         set!("PRECONNECT_TTL_MS", preconnect_ttl_ms, parse);
         set!("INPUT_BUFFER_MS", input_buffer_ms, parse);
@@ -577,6 +581,13 @@ impl Config {
         }
         if self.pacing_lead_ms < 20 || self.pacing_lead_ms > 5_000 {
             return Err(invalid("PACING_LEAD_MS", self.pacing_lead_ms, "20..=5000"));
+        }
+        if self.pacing_batch_ms < 20 || self.pacing_batch_ms > self.pacing_lead_ms {
+            return Err(invalid(
+                "PACING_BATCH_MS",
+                self.pacing_batch_ms,
+                "20..=PACING_LEAD_MS",
+            ));
         }
         if self.mark_interval_ms < 20 {
             return Err(invalid(

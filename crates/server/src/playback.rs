@@ -81,14 +81,34 @@ pub struct PacerConfig {
     pub lead: Duration,
     /// Audio between two playback marks.
     pub mark_interval_ms: u64,
+    /// Audio sent per write once a burst is under way: the pacer waits until Twilio's
+    /// buffer has fallen to `lead - batch`, then tops it up to `lead` in one write. One
+    /// write per 20 ms frame would cost a syscall (and, on loopback, the peer's TCP
+    /// receive work) per frame; a 60 ms batch sends a third as many, and Twilio still holds
+    /// at least `lead - batch` of audio, so it never runs dry. At least one frame (20 ms),
+    /// at most `lead`.
+    pub batch: Duration,
 }
+
+/// Default audio per pacer write (three 20 ms frames).
+pub const DEFAULT_BATCH_MS: u64 = 60;
 
 impl Default for PacerConfig {
     fn default() -> Self {
         PacerConfig {
             lead: Duration::from_millis(160),
             mark_interval_ms: 100,
+            batch: Duration::from_millis(DEFAULT_BATCH_MS),
         }
+    }
+}
+
+impl PacerConfig {
+    /// How much audio Twilio holds, at least, before the pacer tops it up.
+    fn low_water(&self) -> Duration {
+        let frame = Duration::from_millis(voxbridge_audio::FRAME_MS);
+        self.lead
+            .saturating_sub(self.batch.clamp(frame, self.lead.max(frame)))
     }
 }
 
@@ -239,7 +259,7 @@ impl Playback {
     pub fn queued_ms(&self) -> u64 {
         self.queue
             .iter()
-            .map(|f| (f.bytes.len() / BYTES_PER_MS) as u64)
+            .map(Frame::ms)
             .sum()
     }
 
@@ -370,10 +390,12 @@ impl Playback {
         }
         match self.burst_start {
             None => Some(Instant::now()),
+            Some(_) if self.queue.is_empty() => Some(Instant::now()), // a done mark only
             Some(start) => {
-                let frame_ms = self.queue.front().map_or(0, Frame::ms);
-                let due = start + Duration::from_millis(self.burst_sent_ms + frame_ms);
-                Some(due.checked_sub(self.cfg.lead).unwrap_or(start).max(start))
+                // When Twilio's buffer has fallen to the low-water mark.
+                let due = start + Duration::from_millis(self.burst_sent_ms);
+                let low = self.cfg.low_water();
+                Some(due.checked_sub(low).unwrap_or(start).max(start))
             }
         }
     }
@@ -399,7 +421,13 @@ impl Playback {
         }
         let start = self.burst_start.unwrap_or(now);
         let elapsed = now.saturating_duration_since(start);
-        while let Some(front) = self.queue.front() {
+        // Mid-burst, wait until Twilio's buffer is down to the low-water mark, then top
+        // it up to `lead` in one go (see `PacerConfig::batch`).
+        let ahead = Duration::from_millis(self.burst_sent_ms).saturating_sub(elapsed);
+        let refill = idle || ahead <= self.cfg.low_water();
+        while let Some(front) = self.queue.front()
+            && refill
+        {
             let frame_ms = front.ms();
             if Duration::from_millis(self.burst_sent_ms + frame_ms) > elapsed + self.cfg.lead {
                 break;
@@ -667,7 +695,7 @@ mod tests {
     }
 
     #[test]
-    fn pacer_sends_only_the_lead_then_one_frame_per_20ms() {
+    fn pacer_sends_the_lead_then_tops_up_in_batches() {
         let mut p = started();
         p.response_created("r1");
         assert!(p.audio_delta("r1", "i1", 0, &b64(1000)));
@@ -676,13 +704,28 @@ mod tests {
         p.pump(t0, &mut out);
         assert_eq!(media_count(&out), 8, "160 ms lead = 8 frames");
         let mut out = Outbox::default();
+        // Twilio holds 140 and 120 ms: above the 100 ms low-water mark, nothing goes.
         p.pump(t0 + Duration::from_millis(10), &mut out);
-        assert_eq!(media_count(&out), 0);
         p.pump(t0 + Duration::from_millis(20), &mut out);
-        assert_eq!(media_count(&out), 1);
+        p.pump(t0 + Duration::from_millis(40), &mut out);
+        assert_eq!(media_count(&out), 0);
+        // Down to 100 ms: topped up to 160 ms in one go.
+        p.pump(t0 + Duration::from_millis(60), &mut out);
+        assert_eq!(media_count(&out), 3);
         p.pump(t0 + Duration::from_millis(100), &mut out);
-        assert_eq!(media_count(&out), 5);
-        assert_eq!(p.queued_ms(), 1000 - 13 * 20);
+        assert_eq!(media_count(&out), 3);
+        p.pump(t0 + Duration::from_millis(120), &mut out);
+        assert_eq!(media_count(&out), 6);
+        assert_eq!(p.queued_ms(), 1000 - 14 * 20);
+        // Twilio never holds less than the low-water mark nor more than the lead.
+        let mut sent = 14 * 20u64;
+        for ms in (121..=500).step_by(7) {
+            let mut o = Outbox::default();
+            p.pump(t0 + Duration::from_millis(ms), &mut o);
+            sent += media_count(&o) as u64 * 20;
+            assert!(sent <= ms + 160, "{ms} ms: {sent} ms sent, over the lead");
+            assert!(sent >= ms + 100 - 7, "{ms} ms: {sent} ms sent, Twilio ran low");
+        }
         let every: Vec<Value> = out.twilio.iter().map(|s| json(s)).collect();
         for v in every.iter().filter(|v| v["event"] == "media") {
             assert_eq!(v["streamSid"], "MZ1");
@@ -771,7 +814,8 @@ mod tests {
         p.audio_delta("r1", "i1", 0, &b64(2000));
         let t0 = Instant::now();
         let mut out = Outbox::default();
-        // Send for 1 s of wall clock: 1000 + 160 ms lead sent.
+        // Send for 1 s of wall clock: the 160 ms lead, then 60 ms each time Twilio
+        // is down to 100 ms (at 60, 120, … 960 ms): 1120 ms sent.
         for step in 0..=50 {
             p.pump(t0 + Duration::from_millis(step * 20), &mut out);
         }
@@ -795,7 +839,7 @@ mod tests {
         let Some(Note::BargeIn { dropped_ms, .. }) = out.notes.last() else {
             panic!("{:?}", out.notes)
         };
-        assert_eq!(*dropped_ms, 2000 - 1160);
+        assert_eq!(*dropped_ms, 2000 - 1120);
     }
 
     #[test]
@@ -952,9 +996,9 @@ mod tests {
         let t0 = Instant::now();
         p.pump(t0, &mut Outbox::default());
         let d = p.next_deadline().expect("deadline");
-        assert_eq!(d, t0 + Duration::from_millis(20));
+        assert_eq!(d, t0 + Duration::from_millis(60), "160 ms sent, low water 100 ms");
         let mut out = Outbox::default();
         p.pump(d, &mut out);
-        assert_eq!(media_count(&out), 1);
+        assert_eq!(media_count(&out), 3);
     }
 }

@@ -896,7 +896,7 @@ pub async fn run_call_with(
         // right after a small mark echo waits for the server's delayed ACK.
         match tokio::time::timeout(
             NET_TIMEOUT,
-            tokio_tungstenite::connect_async_with_config(req, None, true),
+            tokio_tungstenite::connect_async_with_config(req, Some(crate::ws_config()), true),
         )
         .await
         {
@@ -941,8 +941,8 @@ pub async fn run_call_with(
 
 /// Resolves once the external hang-up signal holds `true`; never without one
 /// (or after its sender is gone).
-async fn wait_hangup(rx: &mut Option<tokio::sync::watch::Receiver<bool>>) {
-    if let Some(r) = rx
+async fn wait_hangup(rx: Option<tokio::sync::watch::Receiver<bool>>) {
+    if let Some(mut r) = rx
         && r.wait_for(|v| *v).await.is_ok()
     {
         return;
@@ -1083,10 +1083,14 @@ impl<'a> Session<'a> {
         let period = Duration::from_millis(FRAME_MS);
         let mut ticker = tokio::time::interval_at(self.t0 + period, period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut hangup_rx = self.cfg.hangup.clone();
+        // Built once: a fresh `wait_for` per turn of the loop registers a notification
+        // on every frame.
+        let hangup_rx = self.cfg.hangup.clone();
+        let hung_up = wait_hangup(hangup_rx);
+        tokio::pin!(hung_up);
         loop {
             tokio::select! {
-                () = wait_hangup(&mut hangup_rx) => {
+                () = &mut hung_up => {
                     self.push_stop();
                     self.hangup(ws).await;
                     return CallEnd::Hangup;

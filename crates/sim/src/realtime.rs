@@ -809,7 +809,7 @@ async fn handle_socket(stream: TcpStream, shared: Arc<Shared>, stop: watch::Rece
     };
     let ws = match tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::accept_hdr_async(stream, cb),
+        tokio_tungstenite::accept_hdr_async_with_config(stream, cb, Some(crate::ws_config())),
     )
     .await
     {
@@ -1815,6 +1815,17 @@ impl Conn {
             .map(|ms| later(self.opened, Duration::from_millis(ms)));
         let mut server_close: Option<(u16, &'static str)> = None;
         let mut cmds = self.sideband.as_mut().and_then(|s| s.cmds.take());
+        // One timer for the response in progress, re-armed when its deadline moves, and
+        // one shutdown future: a fresh Sleep or `changed()` per turn of the loop (per
+        // append received) costs a timer-wheel insert and removal, or a notify
+        // registration, on every message.
+        let step_timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(step_timer);
+        let mut armed: Option<Instant> = None;
+        let stopped = async move {
+            let _ = stop.changed().await;
+        };
+        tokio::pin!(stopped);
         let reason = loop {
             if !self.out.is_empty() {
                 let mut failed = false;
@@ -1834,6 +1845,14 @@ impl Conn {
                 }
             }
             let deadline = self.active.as_ref().map(Active::deadline);
+            if let Some(d) = deadline
+                && armed != Some(d)
+            {
+                step_timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(d));
+                armed = Some(d);
+            }
             let exit = tokio::select! {
                 msg = rx.next() => match msg {
                     None => Exit::Close("client disconnected".to_string()),
@@ -1852,7 +1871,8 @@ impl Conn {
                     }
                     Some(Ok(_)) => Exit::Continue, // ping/pong handled by tungstenite
                 },
-                _ = sleep_until_opt(deadline) => {
+                () = &mut step_timer, if deadline.is_some() => {
+                    armed = None;
                     self.step_response();
                     Exit::Continue
                 }
@@ -1875,8 +1895,7 @@ impl Conn {
                     server_close = Some((1011, "server_error"));
                     Exit::Close("fault: error_after_ms".to_string())
                 }
-                r = stop.changed() => {
-                    let _ = r;
+                () = &mut stopped => {
                     server_close = Some((1001, "server shutting down"));
                     Exit::Close("server shutdown".to_string())
                 }
