@@ -16,7 +16,6 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -656,7 +655,7 @@ pub async fn handle_media(state: AppState, mut twilio: Link) {
     };
     if let Err(why) = verdict {
         warn!(stream_sid = %start.stream_sid, %call_id, why, "media stream refused");
-        let _ = twilio.tx.send(WsOut::Close(CLOSE_POLICY, why.into())).await;
+        let _ = twilio.send(WsOut::Close(CLOSE_POLICY, why.into())).await;
         return;
     }
     if !start.media_format.is_mulaw_8k_mono() {
@@ -696,7 +695,6 @@ pub async fn handle_media(state: AppState, mut twilio: Link) {
                 Err(e) => {
                     warn!(%call_id, error = %e, "media stream refused: agent templates do not render");
                     let _ = twilio
-                        .tx
                         .send(WsOut::Close(CLOSE_POLICY, "agent template error".into()))
                         .await;
                     return;
@@ -707,7 +705,6 @@ pub async fn handle_media(state: AppState, mut twilio: Link) {
         }
         (None, None) => {
             let _ = twilio
-                .tx
                 .send(WsOut::Close(CLOSE_POLICY, "model not configured".into()))
                 .await;
             return;
@@ -791,7 +788,7 @@ async fn wait_for_start(state: &AppState, twilio: &mut Link) -> Option<Start> {
     let mut early = 0u64;
     loop {
         tokio::select! {
-            m = twilio.rx.next() => match m {
+            m = twilio.next() => match m {
                 Some(WsIn::Text(t)) => match media::parse(t.as_str()) {
                     Ok(Inbound::Start(s)) => return Some(s),
                     Ok(Inbound::Stop) => return None,
@@ -813,13 +810,13 @@ async fn wait_for_start(state: &AppState, twilio: &mut Link) -> Option<Start> {
                     } else {
                         CLOSE_POLICY
                     };
-                    let _ = twilio.tx.send(WsOut::Close(code, "bad frame".into())).await;
+                    let _ = twilio.send(WsOut::Close(code, "bad frame".into())).await;
                     return None;
                 }
             },
             () = &mut deadline => {
                 warn!("media socket sent no start in time; closing");
-                let _ = twilio.tx.send(WsOut::Close(CLOSE_POLICY, "no start message".into())).await;
+                let _ = twilio.send(WsOut::Close(CLOSE_POLICY, "no start message".into())).await;
                 return None;
             }
         }

@@ -257,10 +257,7 @@ impl Playback {
 
     /// Audio queued locally, not yet sent to Twilio (ms).
     pub fn queued_ms(&self) -> u64 {
-        self.queue
-            .iter()
-            .map(Frame::ms)
-            .sum()
+        self.queue.iter().map(Frame::ms).sum()
     }
 
     /// Protect the next response from barge-in (a greeting or disclosure).
@@ -724,7 +721,10 @@ mod tests {
             p.pump(t0 + Duration::from_millis(ms), &mut o);
             sent += media_count(&o) as u64 * 20;
             assert!(sent <= ms + 160, "{ms} ms: {sent} ms sent, over the lead");
-            assert!(sent >= ms + 100 - 7, "{ms} ms: {sent} ms sent, Twilio ran low");
+            assert!(
+                sent >= ms + 100 - 7,
+                "{ms} ms: {sent} ms sent, Twilio ran low"
+            );
         }
         let every: Vec<Value> = out.twilio.iter().map(|s| json(s)).collect();
         for v in every.iter().filter(|v| v["event"] == "media") {
@@ -996,7 +996,11 @@ mod tests {
         let t0 = Instant::now();
         p.pump(t0, &mut Outbox::default());
         let d = p.next_deadline().expect("deadline");
-        assert_eq!(d, t0 + Duration::from_millis(60), "160 ms sent, low water 100 ms");
+        assert_eq!(
+            d,
+            t0 + Duration::from_millis(60),
+            "160 ms sent, low water 100 ms"
+        );
         let mut out = Outbox::default();
         p.pump(d, &mut out);
         assert_eq!(media_count(&out), 3);

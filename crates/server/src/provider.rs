@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use futures_util::SinkExt as _;
 use voxbridge_realtime::calls::{AcceptSession, CallsClient, CallsError};
 
 use crate::session::{BoxFuture, CallControl, CallSettings, ModelFuture, ModelLink};
@@ -89,12 +88,11 @@ impl ModelProvider for OpenAiRealtime {
                 .await
                 .map_err(|e| e.to_string())?;
             let mut link = ws::from_tungstenite(socket);
-            link.tx
-                .send(WsOut::Text(CallSettings::session_update(
-                    settings.initial_session(),
-                )))
-                .await
-                .map_err(|e| e.to_string())?;
+            link.send(WsOut::Text(CallSettings::session_update(
+                settings.initial_session(),
+            )))
+            .await
+            .map_err(|e| e.to_string())?;
             Ok(ModelLink {
                 link,
                 session_update_sent: true,

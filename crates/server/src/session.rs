@@ -18,7 +18,6 @@ use crate::tools::{
 use crate::ws::{CLOSE_ERROR, CLOSE_NORMAL, CLOSE_TOO_BIG, Link, WsIn, WsOut};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use futures_util::{SinkExt, StreamExt};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -461,9 +460,9 @@ pub async fn run(
             tool_rx = Some(rx);
         }
         let wake = tokio::select! {
-            m = twilio.rx.next() => Wake::Twilio(m),
+            m = twilio.next() => Wake::Twilio(m),
             r = async { match pending.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if pending.is_some() => Wake::ModelReady(r),
-            m = async { match s.model.as_mut() { Some(l) => l.rx.next().await, None => std::future::pending().await } }, if s.model.is_some() => Wake::Model(m),
+            m = async { match s.model.as_mut() { Some(l) => l.next().await, None => std::future::pending().await } }, if s.model.is_some() => Wake::Model(m),
             () = &mut pacer, if deadline.is_some() => {
                 armed = None;
                 Wake::Pace
@@ -1345,13 +1344,11 @@ impl Session {
                     self.summary.frames_out += 1;
                 }
                 twilio
-                    .tx
                     .feed(WsOut::Text(msg))
                     .await
                     .map_err(|e| EndReason::TwilioClosed(e.to_string()))?;
             }
             twilio
-                .tx
                 .flush()
                 .await
                 .map_err(|e| EndReason::TwilioClosed(e.to_string()))?;
@@ -1373,13 +1370,11 @@ impl Session {
                 let backlog = std::mem::take(&mut self.pre_model);
                 for msg in backlog.into_iter().chain(self.out.model.drain(..)) {
                     model
-                        .tx
                         .feed(WsOut::Text(msg))
                         .await
                         .map_err(|e| EndReason::ModelClosed(e.to_string()))?;
                 }
                 model
-                    .tx
                     .flush()
                     .await
                     .map_err(|e| EndReason::ModelClosed(e.to_string()))?;
@@ -1401,7 +1396,6 @@ impl Session {
         if let Some(mut model) = self.model.take() {
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
                 let _ = model
-                    .tx
                     .send(WsOut::Close(CLOSE_NORMAL, "call ended".into()))
                     .await;
             })
@@ -1435,8 +1429,7 @@ impl Session {
             });
         }
         if let Some((code, why)) = twilio_close {
-            let _ =
-                tokio::time::timeout(CLOSE_GRACE, twilio.tx.send(WsOut::Close(code, why))).await;
+            let _ = tokio::time::timeout(CLOSE_GRACE, twilio.send(WsOut::Close(code, why))).await;
         }
         self.summary.silence_filled_ms = self.uplink.silence_filled_ms;
         self.hub.publish(

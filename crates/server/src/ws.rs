@@ -4,6 +4,7 @@
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 /// Text of a received frame, without copying it out of the library's buffer.
 #[derive(Debug, Clone)]
@@ -47,13 +48,34 @@ pub enum WsOut {
 #[error("websocket send failed: {0}")]
 pub struct SendError(pub String);
 
-pub type BoxSink = Pin<Box<dyn Sink<WsOut, Error = SendError> + Send>>;
-pub type BoxStream = Pin<Box<dyn Stream<Item = WsIn> + Send>>;
+/// A socket: frames in, frames out. One object rather than split halves: the session
+/// reads and writes from one task, one after the other, and a split (futures' `BiLock`)
+/// costs an atomic lock and waker registration on every frame in either direction.
+pub trait Duplex: Stream<Item = WsIn> + Sink<WsOut, Error = SendError> + Send {}
+impl<T> Duplex for T where T: Stream<Item = WsIn> + Sink<WsOut, Error = SendError> + Send {}
 
-/// Both halves of a socket.
-pub struct Link {
-    pub tx: BoxSink,
-    pub rx: BoxStream,
+/// A socket of either library (or a test channel).
+pub struct Link(Pin<Box<dyn Duplex>>);
+
+impl Link {
+    pub fn new(io: impl Duplex + 'static) -> Link {
+        Link(Box::pin(io))
+    }
+    /// The next frame; `None` once the socket is finished.
+    pub async fn next(&mut self) -> Option<WsIn> {
+        self.0.next().await
+    }
+    /// Queue a frame (written by `flush`, or when the library's buffer is full).
+    pub async fn feed(&mut self, out: WsOut) -> Result<(), SendError> {
+        self.0.feed(out).await
+    }
+    pub async fn flush(&mut self) -> Result<(), SendError> {
+        self.0.flush().await
+    }
+    /// Queue and flush one frame.
+    pub async fn send(&mut self, out: WsOut) -> Result<(), SendError> {
+        self.0.send(out).await
+    }
 }
 
 /// WebSocket close code: policy violation.
@@ -65,33 +87,111 @@ pub const CLOSE_ERROR: u16 = 1011;
 /// WebSocket close code: normal.
 pub const CLOSE_NORMAL: u16 = 1000;
 
+/// An axum (server side) WebSocket as a [`Duplex`].
+struct AxumIo(axum::extract::ws::WebSocket);
+
+impl Stream for AxumIo {
+    type Item = WsIn;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WsIn>> {
+        use axum::extract::ws::Message;
+        loop {
+            return Poll::Ready(Some(match ready!(self.0.poll_next_unpin(cx)) {
+                None => return Poll::Ready(None),
+                Some(Ok(Message::Text(t))) => WsIn::Text(Text::Axum(t)),
+                Some(Ok(Message::Binary(b))) => WsIn::Binary(b.len()),
+                Some(Ok(Message::Close(c))) => {
+                    WsIn::Close(c.map(|c| (c.code, c.reason.to_string())))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Err(e)) => WsIn::Error(e.to_string()),
+            }));
+        }
+    }
+}
+
+impl Sink<WsOut> for AxumIo {
+    type Error = SendError;
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        self.0.poll_ready_unpin(cx).map_err(send_error)
+    }
+    fn start_send(mut self: Pin<&mut Self>, out: WsOut) -> Result<(), SendError> {
+        use axum::extract::ws::{CloseFrame, Message};
+        let msg = match out {
+            WsOut::Text(t) => Message::Text(t.into()),
+            WsOut::Close(code, reason) => Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })),
+        };
+        self.0.start_send_unpin(msg).map_err(send_error)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        self.0.poll_flush_unpin(cx).map_err(send_error)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        self.0.poll_close_unpin(cx).map_err(send_error)
+    }
+}
+
+fn send_error(e: impl std::fmt::Display) -> SendError {
+    SendError(e.to_string())
+}
+
 /// Wrap an axum (server side) WebSocket.
 pub fn from_axum(socket: axum::extract::ws::WebSocket) -> Link {
-    use axum::extract::ws::{CloseFrame, Message};
-    let (tx, rx) = socket.split();
-    let tx = tx
-        .sink_map_err(|e| SendError(e.to_string()))
-        .with(|out: WsOut| async move {
-            Ok::<_, SendError>(match out {
-                WsOut::Text(t) => Message::Text(t.into()),
-                WsOut::Close(code, reason) => Message::Close(Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                })),
-            })
-        });
-    let rx = rx.filter_map(|m| async move {
-        match m {
-            Ok(Message::Text(t)) => Some(WsIn::Text(Text::Axum(t))),
-            Ok(Message::Binary(b)) => Some(WsIn::Binary(b.len())),
-            Ok(Message::Close(c)) => Some(WsIn::Close(c.map(|c| (c.code, c.reason.to_string())))),
-            Ok(Message::Ping(_) | Message::Pong(_)) => None,
-            Err(e) => Some(WsIn::Error(e.to_string())),
+    Link::new(AxumIo(socket))
+}
+
+/// A tokio-tungstenite (client side) WebSocket as a [`Duplex`].
+struct TungsteniteIo<S>(tokio_tungstenite::WebSocketStream<S>);
+
+impl<S> Stream for TungsteniteIo<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    type Item = WsIn;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WsIn>> {
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            return Poll::Ready(Some(match ready!(self.0.poll_next_unpin(cx)) {
+                None => return Poll::Ready(None),
+                Some(Ok(Message::Text(t))) => WsIn::Text(Text::Tungstenite(t)),
+                Some(Ok(Message::Binary(b))) => WsIn::Binary(b.len()),
+                Some(Ok(Message::Close(c))) => {
+                    WsIn::Close(c.map(|c| (u16::from(c.code), c.reason.to_string())))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Err(e)) => WsIn::Error(e.to_string()),
+            }));
         }
-    });
-    Link {
-        tx: Box::pin(tx),
-        rx: Box::pin(rx),
+    }
+}
+
+impl<S> Sink<WsOut> for TungsteniteIo<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    type Error = SendError;
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        self.0.poll_ready_unpin(cx).map_err(send_error)
+    }
+    fn start_send(mut self: Pin<&mut Self>, out: WsOut) -> Result<(), SendError> {
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        let msg = match out {
+            WsOut::Text(t) => Message::Text(t.into()),
+            WsOut::Close(code, reason) => Message::Close(Some(CloseFrame {
+                code: code.into(),
+                reason: reason.into(),
+            })),
+        };
+        self.0.start_send_unpin(msg).map_err(send_error)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        self.0.poll_flush_unpin(cx).map_err(send_error)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        self.0.poll_close_unpin(cx).map_err(send_error)
     }
 }
 
@@ -100,73 +200,96 @@ pub fn from_tungstenite<S>(socket: tokio_tungstenite::WebSocketStream<S>) -> Lin
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-    let (tx, rx) = socket.split();
-    let tx = tx
-        .sink_map_err(|e| SendError(e.to_string()))
-        .with(|out: WsOut| async move {
-            Ok::<_, SendError>(match out {
-                WsOut::Text(t) => Message::Text(t.into()),
-                WsOut::Close(code, reason) => Message::Close(Some(CloseFrame {
-                    code: code.into(),
-                    reason: reason.into(),
-                })),
-            })
-        });
-    let rx = rx.filter_map(|m| async move {
-        match m {
-            Ok(Message::Text(t)) => Some(WsIn::Text(Text::Tungstenite(t))),
-            Ok(Message::Binary(b)) => Some(WsIn::Binary(b.len())),
-            Ok(Message::Close(c)) => Some(WsIn::Close(
-                c.map(|c| (u16::from(c.code), c.reason.to_string())),
-            )),
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
-            Err(e) => Some(WsIn::Error(e.to_string())),
-        }
-    });
-    Link {
-        tx: Box::pin(tx),
-        rx: Box::pin(rx),
-    }
+    Link::new(TungsteniteIo(socket))
 }
 
 /// Two linked in-memory links, for tests: what one side sends, the other
 /// receives.
 pub fn pair() -> (Link, Link) {
-    let (a_tx, b_rx) = futures_channel_like();
-    let (b_tx, a_rx) = futures_channel_like();
-    (Link { tx: a_tx, rx: a_rx }, Link { tx: b_tx, rx: b_rx })
+    let (a_tx, b_rx) = tokio::sync::mpsc::unbounded_channel::<WsOut>();
+    let (b_tx, a_rx) = tokio::sync::mpsc::unbounded_channel::<WsOut>();
+    (
+        Link::new(ChannelIo {
+            tx: a_tx,
+            rx: a_rx,
+            closed: false,
+        }),
+        Link::new(ChannelIo {
+            tx: b_tx,
+            rx: b_rx,
+            closed: false,
+        }),
+    )
 }
 
-fn futures_channel_like() -> (BoxSink, BoxStream) {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<WsOut>();
-    let sink = futures_util::sink::unfold(tx, |tx, item: WsOut| async move {
-        tx.send(item).map_err(|e| SendError(e.to_string()))?;
-        Ok::<_, SendError>(tx)
-    });
-    let stream = futures_util::stream::unfold((rx, false), |(mut rx, closed)| async move {
-        if closed {
-            return None;
+/// One end of [`pair`].
+struct ChannelIo {
+    tx: tokio::sync::mpsc::UnboundedSender<WsOut>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<WsOut>,
+    /// A close frame was received: the stream is over.
+    closed: bool,
+}
+
+impl Stream for ChannelIo {
+    type Item = WsIn;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WsIn>> {
+        if self.closed {
+            return Poll::Ready(None);
         }
-        match rx.recv().await {
-            Some(WsOut::Text(t)) => Some((WsIn::Text(Text::Owned(t)), (rx, false))),
+        Poll::Ready(match ready!(self.rx.poll_recv(cx)) {
+            Some(WsOut::Text(t)) => Some(WsIn::Text(Text::Owned(t))),
             Some(WsOut::Close(code, reason)) => {
-                Some((WsIn::Close(Some((code, reason))), (rx, true)))
+                self.closed = true;
+                Some(WsIn::Close(Some((code, reason))))
             }
             None => None,
-        }
-    });
-    (Box::pin(sink), Box::pin(stream))
+        })
+    }
+}
+
+impl Sink<WsOut> for ChannelIo {
+    type Error = SendError;
+    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        Poll::Ready(Ok(()))
+    }
+    fn start_send(self: Pin<&mut Self>, out: WsOut) -> Result<(), SendError> {
+        self.tx.send(out).map_err(send_error)
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// A link that never receives anything and discards what is sent: the "media socket" of a
 /// SIP connector call, whose audio never reaches this server.
 pub fn detached() -> Link {
-    let tx = futures_util::sink::drain()
-        .sink_map_err(|e: std::convert::Infallible| SendError(e.to_string()));
-    Link {
-        tx: Box::pin(tx),
-        rx: Box::pin(futures_util::stream::pending()),
+    Link::new(Detached)
+}
+
+struct Detached;
+
+impl Stream for Detached {
+    type Item = WsIn;
+    fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<WsIn>> {
+        Poll::Pending
+    }
+}
+
+impl Sink<WsOut> for Detached {
+    type Error = SendError;
+    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        Poll::Ready(Ok(()))
+    }
+    fn start_send(self: Pin<&mut Self>, _: WsOut) -> Result<(), SendError> {
+        Ok(())
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        Poll::Ready(Ok(()))
     }
 }

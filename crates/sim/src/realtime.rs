@@ -1848,9 +1848,7 @@ impl Conn {
             if let Some(d) = deadline
                 && armed != Some(d)
             {
-                step_timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::from_std(d));
+                step_timer.as_mut().reset(tokio::time::Instant::from_std(d));
                 armed = Some(d);
             }
             let exit = tokio::select! {

@@ -468,8 +468,12 @@ impl Store {
                     .connect_with(opts)
                     .await?
             } else {
+                // No ping before each use: a connection to a local file does not hang up,
+                // and the ping is one more round trip to SQLite's worker thread (a
+                // context switch each way) for every statement.
                 SqlitePoolOptions::new()
                     .max_connections(8)
+                    .test_before_acquire(false)
                     .connect_with(opts.journal_mode(SqliteJournalMode::Wal))
                     .await?
             };
