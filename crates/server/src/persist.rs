@@ -2,23 +2,144 @@
 //! one task, off the audio path.
 
 use crate::hub::{CallEvent, CallEventKind, Speaker};
+use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, warn};
-use voxbridge_store::Store;
+use voxbridge_store::{BatchWrite, Store};
+
+/// Events written in one transaction, at most.
+const BATCH_MAX: usize = 256;
+/// How long the writer lets events gather before a transaction. Hundreds of calls produce
+/// hundreds of events a second (transcripts, usage, turns); one commit each cost the
+/// SQLite writer more than the audio of those calls. Events reach the store this much
+/// later, in the same order; live subscribers get them from the hub at once.
+const LINGER: Duration = Duration::from_millis(20);
 
 /// Write events until the hub is gone.
 pub async fn run_writer(store: Store, mut rx: UnboundedReceiver<CallEvent>) {
-    while let Some(ev) = rx.recv().await {
-        match write(&store, &ev).await {
-            Ok(()) => {}
-            // A call the store has no row for (no lookup first: that would
-            // double the queries of every event).
-            Err(voxbridge_store::StoreError::NotFound) => {
-                debug!(call_id = %ev.call_id, "event of a call not in the store")
+    let mut batch: Vec<CallEvent> = Vec::with_capacity(BATCH_MAX);
+    while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
+        tokio::time::sleep(LINGER).await;
+        while batch.len() < BATCH_MAX {
+            match rx.try_recv() {
+                Ok(ev) => batch.push(ev),
+                Err(_) => break,
             }
-            // Log and go on: one bad event must not stop the writer.
-            Err(e) => warn!(call_id = %ev.call_id, error = %e, "could not persist call event"),
         }
+        write_all(&store, &batch).await;
+        batch.clear();
+    }
+}
+
+/// Write a batch in order: runs of common events in one transaction each, the others
+/// (call state changes, tool calls…) one by one.
+async fn write_all(store: &Store, batch: &[CallEvent]) {
+    let mut run: Vec<(&CallEvent, BatchWrite<'_>)> = Vec::new();
+    for ev in batch {
+        match batch_write(ev) {
+            Some(w) => run.push((ev, w)),
+            None => {
+                write_run(store, &mut run).await;
+                write_one(store, ev).await;
+            }
+        }
+    }
+    write_run(store, &mut run).await;
+}
+
+async fn write_run(store: &Store, run: &mut Vec<(&CallEvent, BatchWrite<'_>)>) {
+    match run.len() {
+        0 => {}
+        1 => write_one(store, run[0].0).await,
+        _ => {
+            let writes: Vec<BatchWrite<'_>> = run.iter().map(|(_, w)| w.clone()).collect();
+            if let Err(e) = store.write_batch(&writes).await {
+                // Nothing was written: one by one, so one bad event loses only itself.
+                debug!(error = %e, events = run.len(), "batch not written; writing one by one");
+                for (ev, _) in run.iter() {
+                    write_one(store, ev).await;
+                }
+            }
+        }
+    }
+    run.clear();
+}
+
+async fn write_one(store: &Store, ev: &CallEvent) {
+    match write(store, ev).await {
+        Ok(()) => {}
+        // A call the store has no row for (no lookup first: that would
+        // double the queries of every event).
+        Err(voxbridge_store::StoreError::NotFound) => {
+            debug!(call_id = %ev.call_id, "event of a call not in the store")
+        }
+        // Log and go on: one bad event must not stop the writer.
+        Err(e) => warn!(call_id = %ev.call_id, error = %e, "could not persist call event"),
+    }
+}
+
+/// The batchable form of an event: transcripts, usage, and the kinds stored only as a
+/// generic call event. `None` for the kinds with their own writes.
+fn batch_write(ev: &CallEvent) -> Option<BatchWrite<'_>> {
+    let call_id = ev.call_id.as_str();
+    let at_ms = ev.at_ms as i64;
+    match &ev.kind {
+        CallEventKind::Transcript { speaker, text } => Some(BatchWrite::Transcript {
+            call_id,
+            speaker: match speaker {
+                Speaker::Caller => voxbridge_store::Speaker::Caller,
+                Speaker::Agent => voxbridge_store::Speaker::Agent,
+            },
+            text,
+            start_ms: None,
+            end_ms: None,
+            at_ms,
+        }),
+        CallEventKind::Usage {
+            input_tokens,
+            output_tokens,
+            cached_tokens,
+        } => Some(BatchWrite::Usage {
+            call_id,
+            input: *input_tokens as i64,
+            output: *output_tokens as i64,
+            cached: *cached_tokens as i64,
+        }),
+        CallEventKind::StreamStarted { .. }
+        | CallEventKind::Ended { .. }
+        | CallEventKind::ToolCall { .. }
+        | CallEventKind::SurveyAnswer { .. }
+        | CallEventKind::OptedOut { .. }
+        | CallEventKind::AnsweredBy { .. } => None,
+        kind => Some(BatchWrite::Event {
+            call_id,
+            kind: kind_name(kind),
+            data: serde_json::to_string(kind).ok()?,
+            at_ms,
+        }),
+    }
+}
+
+/// The serialized `type` of an event (checked against serde in the tests).
+fn kind_name(kind: &CallEventKind) -> &'static str {
+    match kind {
+        CallEventKind::Answered { .. } => "answered",
+        CallEventKind::ModelReady { .. } => "model_ready",
+        CallEventKind::StreamStarted { .. } => "stream_started",
+        CallEventKind::Transcript { .. } => "transcript",
+        CallEventKind::Dtmf { .. } => "dtmf",
+        CallEventKind::BargeIn { .. } => "barge_in",
+        CallEventKind::Turn { .. } => "turn",
+        CallEventKind::Usage { .. } => "usage",
+        CallEventKind::Warning { .. } => "warning",
+        CallEventKind::Status { .. } => "status",
+        CallEventKind::Recording { .. } => "recording",
+        CallEventKind::ToolCall { .. } => "tool_call",
+        CallEventKind::SurveyAnswer { .. } => "survey_answer",
+        CallEventKind::OptedOut { .. } => "opted_out",
+        CallEventKind::AnsweredBy { .. } => "answered_by",
+        CallEventKind::Transferred { .. } => "transferred",
+        CallEventKind::Ended { .. } => "ended",
     }
 }
 
@@ -92,4 +213,174 @@ async fn write(store: &Store, ev: &CallEvent) -> Result<(), voxbridge_store::Sto
     let data = serde_json::to_value(&ev.kind).unwrap_or_default();
     let kind = data["type"].as_str().unwrap_or("event").to_owned();
     store.add_event(id, &kind, &data, at).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use voxbridge_store::NewCall;
+
+    fn ev(call_id: &str, at_ms: u64, kind: CallEventKind) -> CallEvent {
+        CallEvent {
+            call_id: call_id.into(),
+            at_ms,
+            kind,
+        }
+    }
+
+    async fn store_with_call(id: &str) -> Store {
+        let store = Store::connect("sqlite::memory:").await.expect("store");
+        store
+            .create_call(&NewCall {
+                id: id.into(),
+                direction: "inbound".into(),
+                from_number: "+14155550100".into(),
+                to_number: "+14155550199".into(),
+                agent: "default".into(),
+                task: None,
+                status: "in_progress".into(),
+                api_key_id: None,
+                idempotency_key: None,
+                created_at_ms: 1,
+            })
+            .await
+            .expect("call");
+        store
+    }
+
+    fn line(speaker: Speaker, text: &str) -> CallEventKind {
+        CallEventKind::Transcript {
+            speaker,
+            text: text.into(),
+        }
+    }
+
+    fn usage(n: u64) -> CallEventKind {
+        CallEventKind::Usage {
+            input_tokens: n,
+            output_tokens: 2 * n,
+            cached_tokens: 0,
+        }
+    }
+
+    fn turn(ms: u64) -> CallEventKind {
+        CallEventKind::Turn {
+            model_ms: ms,
+            heard_ms: Some(ms + 25),
+        }
+    }
+
+    #[test]
+    fn kind_names_are_the_serialized_types() {
+        for kind in [
+            line(Speaker::Agent, "hi"),
+            usage(1),
+            turn(1),
+            CallEventKind::Dtmf { digit: "1".into() },
+            CallEventKind::Warning {
+                message: "w".into(),
+            },
+            CallEventKind::Status {
+                status: "completed".into(),
+            },
+            CallEventKind::Ended { reason: "r".into() },
+            CallEventKind::BargeIn {
+                truncated_ms: None,
+                dropped_ms: 0,
+            },
+        ] {
+            let v = serde_json::to_value(&kind).expect("json");
+            assert_eq!(v["type"], kind_name(&kind), "{kind:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_written_in_order_with_the_other_kinds_between() {
+        let store = store_with_call("c1").await;
+        let batch = vec![
+            ev("c1", 10, line(Speaker::Caller, "hello")),
+            ev("c1", 11, turn(150)),
+            ev("c1", 12, line(Speaker::Agent, "hi there")),
+            ev("c1", 13, usage(5)),
+            ev(
+                "c1",
+                14,
+                CallEventKind::StreamStarted {
+                    stream_sid: "MZ1".into(),
+                    call_sid: "CA1".into(),
+                },
+            ),
+            ev("c1", 15, turn(160)),
+            ev("c1", 16, usage(7)),
+            ev("c1", 17, line(Speaker::Caller, "bye")),
+        ];
+        write_all(&store, &batch).await;
+        let lines: Vec<(String, String)> = store
+            .transcript("c1")
+            .await
+            .expect("transcript")
+            .into_iter()
+            .map(|t| (t.speaker, t.text))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("caller".to_owned(), "hello".to_owned()),
+                ("agent".into(), "hi there".into()),
+                ("caller".into(), "bye".into()),
+            ]
+        );
+        let events = store.events("c1").await.expect("events");
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["turn", "stream_started", "turn"]);
+        assert_eq!(events[2].data["model_ms"], 160);
+        assert_eq!(events[2].at_ms, 15);
+        let call = store.get_call("c1").await.expect("get").expect("call");
+        assert_eq!((call.input_tokens, call.output_tokens), (12, 24));
+    }
+
+    #[tokio::test]
+    async fn an_event_of_an_unknown_call_loses_only_itself() {
+        let store = store_with_call("c1").await;
+        let batch = vec![
+            ev("c1", 10, line(Speaker::Caller, "one")),
+            ev("nope", 11, line(Speaker::Caller, "lost")),
+            ev("c1", 12, turn(100)),
+            ev("nope", 13, usage(3)),
+            ev("c1", 14, line(Speaker::Agent, "two")),
+            ev("c1", 15, usage(4)),
+        ];
+        write_all(&store, &batch).await;
+        let texts: Vec<String> = store
+            .transcript("c1")
+            .await
+            .expect("transcript")
+            .into_iter()
+            .map(|t| t.text)
+            .collect();
+        assert_eq!(texts, ["one", "two"]);
+        assert_eq!(store.events("c1").await.expect("events").len(), 1);
+        let call = store.get_call("c1").await.expect("get").expect("call");
+        assert_eq!(call.input_tokens, 4);
+        assert!(store.transcript("nope").await.expect("none").is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_writer_drains_everything_before_it_stops() {
+        let store = store_with_call("c1").await;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..600u64 {
+            let _ = tx.send(ev("c1", i, line(Speaker::Caller, &format!("line {i}"))));
+        }
+        drop(tx);
+        run_writer(store.clone(), rx).await;
+        let items = store.transcript("c1").await.expect("transcript");
+        assert_eq!(items.len(), 600, "batches of at most {BATCH_MAX}");
+        assert!(
+            items
+                .iter()
+                .enumerate()
+                .all(|(i, t)| t.text == format!("line {i}"))
+        );
+    }
 }

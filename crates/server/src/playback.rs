@@ -84,14 +84,15 @@ pub struct PacerConfig {
     /// Audio sent per write once a burst is under way: the pacer waits until Twilio's
     /// buffer has fallen to `lead - batch`, then tops it up to `lead` in one write. One
     /// write per 20 ms frame would cost a syscall (and, on loopback, the peer's TCP
-    /// receive work) per frame; a 60 ms batch sends a third as many, and Twilio still holds
-    /// at least `lead - batch` of audio, so it never runs dry. At least one frame (20 ms),
-    /// at most `lead`.
+    /// receive work) per frame; a 40 ms batch sends half as many, and Twilio still holds
+    /// at least `lead - batch` of audio (120 ms by default), so it never runs dry. At least
+    /// one frame (20 ms), at most `lead`. (60 ms batches cost about the same CPU under load
+    /// and left less margin for a stalled peer.)
     pub batch: Duration,
 }
 
-/// Default audio per pacer write (three 20 ms frames).
-pub const DEFAULT_BATCH_MS: u64 = 60;
+/// Default audio per pacer write (two 20 ms frames).
+pub const DEFAULT_BATCH_MS: u64 = 40;
 
 impl Default for PacerConfig {
     fn default() -> Self {
@@ -701,28 +702,28 @@ mod tests {
         p.pump(t0, &mut out);
         assert_eq!(media_count(&out), 8, "160 ms lead = 8 frames");
         let mut out = Outbox::default();
-        // Twilio holds 140 and 120 ms: above the 100 ms low-water mark, nothing goes.
+        // Twilio holds 150, 140, 130 ms: above the 120 ms low-water mark, nothing goes.
         p.pump(t0 + Duration::from_millis(10), &mut out);
         p.pump(t0 + Duration::from_millis(20), &mut out);
-        p.pump(t0 + Duration::from_millis(40), &mut out);
+        p.pump(t0 + Duration::from_millis(30), &mut out);
         assert_eq!(media_count(&out), 0);
-        // Down to 100 ms: topped up to 160 ms in one go.
+        // Down to 120 ms: topped up to 160 ms in one go.
+        p.pump(t0 + Duration::from_millis(40), &mut out);
+        assert_eq!(media_count(&out), 2);
         p.pump(t0 + Duration::from_millis(60), &mut out);
-        assert_eq!(media_count(&out), 3);
-        p.pump(t0 + Duration::from_millis(100), &mut out);
-        assert_eq!(media_count(&out), 3);
-        p.pump(t0 + Duration::from_millis(120), &mut out);
-        assert_eq!(media_count(&out), 6);
-        assert_eq!(p.queued_ms(), 1000 - 14 * 20);
+        assert_eq!(media_count(&out), 2);
+        p.pump(t0 + Duration::from_millis(80), &mut out);
+        assert_eq!(media_count(&out), 4);
+        assert_eq!(p.queued_ms(), 1000 - 12 * 20);
         // Twilio never holds less than the low-water mark nor more than the lead.
-        let mut sent = 14 * 20u64;
-        for ms in (121..=500).step_by(7) {
+        let mut sent = 12 * 20u64;
+        for ms in (81..=500).step_by(7) {
             let mut o = Outbox::default();
             p.pump(t0 + Duration::from_millis(ms), &mut o);
             sent += media_count(&o) as u64 * 20;
             assert!(sent <= ms + 160, "{ms} ms: {sent} ms sent, over the lead");
             assert!(
-                sent >= ms + 100 - 7,
+                sent >= ms + 120 - 7,
                 "{ms} ms: {sent} ms sent, Twilio ran low"
             );
         }
@@ -814,8 +815,8 @@ mod tests {
         p.audio_delta("r1", "i1", 0, &b64(2000));
         let t0 = Instant::now();
         let mut out = Outbox::default();
-        // Send for 1 s of wall clock: the 160 ms lead, then 60 ms each time Twilio
-        // is down to 100 ms (at 60, 120, … 960 ms): 1120 ms sent.
+        // Send for 1 s of wall clock: the 160 ms lead, then 40 ms each time Twilio
+        // is down to 120 ms (at 40, 80, … 1000 ms): 1160 ms sent.
         for step in 0..=50 {
             p.pump(t0 + Duration::from_millis(step * 20), &mut out);
         }
@@ -839,7 +840,7 @@ mod tests {
         let Some(Note::BargeIn { dropped_ms, .. }) = out.notes.last() else {
             panic!("{:?}", out.notes)
         };
-        assert_eq!(*dropped_ms, 2000 - 1120);
+        assert_eq!(*dropped_ms, 2000 - 1160);
     }
 
     #[test]
@@ -998,11 +999,11 @@ mod tests {
         let d = p.next_deadline().expect("deadline");
         assert_eq!(
             d,
-            t0 + Duration::from_millis(60),
-            "160 ms sent, low water 100 ms"
+            t0 + Duration::from_millis(40),
+            "160 ms sent, low water 120 ms"
         );
         let mut out = Outbox::default();
         p.pump(d, &mut out);
-        assert_eq!(media_count(&out), 3);
+        assert_eq!(media_count(&out), 2);
     }
 }

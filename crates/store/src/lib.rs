@@ -367,6 +367,61 @@ fn fk_not_found(e: sqlx::Error) -> StoreError {
     }
 }
 
+const ADD_USAGE: &str = "UPDATE calls SET input_tokens = input_tokens + $2, \
+     output_tokens = output_tokens + $3, cached_tokens = cached_tokens + $4 WHERE id = $1";
+// The UPDATE comes first in a transcript's transaction, so it takes the write lock (SQLite)
+// or the row lock (PostgreSQL) before anything is read: concurrent writers queue up.
+const BUMP_TRANSCRIPT_SEQ: &str =
+    "UPDATE calls SET transcript_seq = transcript_seq + 1 WHERE id = $1 RETURNING transcript_seq";
+const INSERT_TRANSCRIPT: &str = "INSERT INTO transcript_items \
+     (call_id, seq, speaker, text, start_ms, end_ms, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+const INSERT_EVENT: &str =
+    "INSERT INTO call_events (call_id, kind, data, at_ms) VALUES ($1, $2, $3, $4)";
+
+/// Who said a transcript line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaker {
+    Caller,
+    Agent,
+}
+
+impl Speaker {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Speaker::Caller => "caller",
+            Speaker::Agent => "agent",
+        }
+    }
+}
+
+/// One write of [`Store::write_batch`]: the events a call produces all the time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchWrite<'a> {
+    /// As [`Store::add_transcript`].
+    Transcript {
+        call_id: &'a str,
+        speaker: Speaker,
+        text: &'a str,
+        start_ms: Option<i64>,
+        end_ms: Option<i64>,
+        at_ms: i64,
+    },
+    /// As [`Store::add_usage`].
+    Usage {
+        call_id: &'a str,
+        input: i64,
+        output: i64,
+        cached: i64,
+    },
+    /// As [`Store::add_event`], the data already JSON text.
+    Event {
+        call_id: &'a str,
+        kind: &'a str,
+        data: String,
+        at_ms: i64,
+    },
+}
+
 fn require_one(rows_affected: u64) -> Result<(), StoreError> {
     if rows_affected == 0 {
         Err(StoreError::NotFound)
@@ -770,10 +825,7 @@ impl Store {
         output: i64,
         cached: i64,
     ) -> Result<(), StoreError> {
-        const SQL: &str = "UPDATE calls SET input_tokens = input_tokens + $2, \
-             output_tokens = output_tokens + $3, cached_tokens = cached_tokens + $4 \
-             WHERE id = $1";
-        let n = with_pool!(self, p => sqlx::query(SQL)
+        let n = with_pool!(self, p => sqlx::query(ADD_USAGE)
             .bind(id)
             .bind(input)
             .bind(output)
@@ -871,40 +923,24 @@ impl Store {
         end_ms: Option<i64>,
         at_ms: i64,
     ) -> Result<(), StoreError> {
-        if speaker != "caller" && speaker != "agent" {
-            return Err(StoreError::Invalid(format!(
-                "speaker must be caller or agent, not {speaker:?}"
-            )));
-        }
-        const BUMP: &str = "UPDATE calls SET transcript_seq = transcript_seq + 1 WHERE id = $1 \
-             RETURNING transcript_seq";
-        const INSERT: &str = "INSERT INTO transcript_items \
-             (call_id, seq, speaker, text, start_ms, end_ms, at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)";
-        // The UPDATE comes first in the transaction, so it takes the write lock (SQLite) or
-        // the row lock (PostgreSQL) before anything is read: concurrent writers queue up.
-        with_pool!(self, p => {
-            let mut tx = p.begin().await?;
-            let seq: Option<i64> = sqlx::query_scalar(BUMP)
-                .bind(call_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(seq) = seq else {
-                return Err(StoreError::NotFound);
-            };
-            sqlx::query(INSERT)
-                .bind(call_id)
-                .bind(seq)
-                .bind(speaker)
-                .bind(text)
-                .bind(start_ms)
-                .bind(end_ms)
-                .bind(at_ms)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        });
-        Ok(())
+        let speaker = match speaker {
+            "caller" => Speaker::Caller,
+            "agent" => Speaker::Agent,
+            other => {
+                return Err(StoreError::Invalid(format!(
+                    "speaker must be caller or agent, not {other:?}"
+                )));
+            }
+        };
+        self.write_batch(&[BatchWrite::Transcript {
+            call_id,
+            speaker,
+            text,
+            start_ms,
+            end_ms,
+            at_ms,
+        }])
+        .await
     }
 
     /// The call's transcript, by `seq`.
@@ -927,9 +963,7 @@ impl Store {
         at_ms: i64,
     ) -> Result<(), StoreError> {
         let data = to_json_text(data)?;
-        const SQL: &str =
-            "INSERT INTO call_events (call_id, kind, data, at_ms) VALUES ($1, $2, $3, $4)";
-        with_pool!(self, p => sqlx::query(SQL)
+        with_pool!(self, p => sqlx::query(INSERT_EVENT)
             .bind(call_id)
             .bind(kind)
             .bind(&data)
@@ -938,6 +972,61 @@ impl Store {
             .await
             .map(|_| ()))
         .map_err(fk_not_found)?;
+        Ok(())
+    }
+
+    /// Writes the call writer's common events in one transaction (one commit instead of
+    /// one per event). All or nothing: on an error (`NotFound` for a call the store has no
+    /// row for) nothing is written, and the caller can write the events one by one.
+    pub async fn write_batch(&self, writes: &[BatchWrite<'_>]) -> Result<(), StoreError> {
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for w in writes {
+                match w {
+                    BatchWrite::Transcript { call_id, speaker, text, start_ms, end_ms, at_ms } => {
+                        let seq: Option<i64> = sqlx::query_scalar(BUMP_TRANSCRIPT_SEQ)
+                            .bind(call_id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        let Some(seq) = seq else {
+                            return Err(StoreError::NotFound);
+                        };
+                        sqlx::query(INSERT_TRANSCRIPT)
+                            .bind(call_id)
+                            .bind(seq)
+                            .bind(speaker.as_str())
+                            .bind(text)
+                            .bind(start_ms)
+                            .bind(end_ms)
+                            .bind(at_ms)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    BatchWrite::Usage { call_id, input, output, cached } => {
+                        let n = sqlx::query(ADD_USAGE)
+                            .bind(call_id)
+                            .bind(input)
+                            .bind(output)
+                            .bind(cached)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                        require_one(n)?;
+                    }
+                    BatchWrite::Event { call_id, kind, data, at_ms } => {
+                        sqlx::query(INSERT_EVENT)
+                            .bind(call_id)
+                            .bind(kind)
+                            .bind(data)
+                            .bind(at_ms)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(fk_not_found)?;
+                    }
+                }
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
