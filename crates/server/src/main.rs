@@ -7,6 +7,12 @@ use std::time::Duration;
 use voxbridge::config::Config;
 use voxbridge::{App, app, demo, loadtest};
 
+/// mimalloc rather than glibc's malloc: calls allocate and free many small buffers (socket
+/// frames, JSON) from one thread, and glibc kept far more of that freed memory resident
+/// (see docs/BENCHMARKS.md, memory per call).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli;
 mod cli_agents;
 mod cli_campaigns;

@@ -229,7 +229,7 @@ impl Playback {
             burst_start: None,
             burst_sent_ms: 0,
             b64: String::with_capacity(256),
-            decoded: Vec::with_capacity(4096),
+            decoded: Vec::new(),
             next_key: 0,
         }
     }
