@@ -1800,7 +1800,9 @@ impl Conn {
         ws: WebSocketStream<TcpStream>,
         mut stop: watch::Receiver<bool>,
     ) -> String {
-        let (mut tx, mut rx) = ws.split();
+        // One socket object, not split halves: reads and writes take turns in this task,
+        // and a split costs a lock and a waker registration per message.
+        let mut ws = ws;
         let created = json!({"type": "session.created", "session": self.session.clone()});
         self.emit(created);
         let close_at = self
@@ -1835,12 +1837,12 @@ impl Conn {
                     }
                 }
                 for ev in self.out.drain(..) {
-                    if tx.feed(Message::text(ev.to_string())).await.is_err() {
+                    if ws.feed(Message::text(ev.to_string())).await.is_err() {
                         failed = true;
                         break;
                     }
                 }
-                if failed || tx.flush().await.is_err() {
+                if failed || ws.flush().await.is_err() {
                     break "send failed".to_string();
                 }
             }
@@ -1852,7 +1854,7 @@ impl Conn {
                 armed = Some(d);
             }
             let exit = tokio::select! {
-                msg = rx.next() => match msg {
+                msg = ws.next() => match msg {
                     None => Exit::Close("client disconnected".to_string()),
                     Some(Err(e)) => Exit::Close(format!("client error: {e}")),
                     Some(Ok(Message::Close(frame))) => {
@@ -1920,21 +1922,21 @@ impl Conn {
         }
         if let Some((code, why)) = server_close {
             for ev in self.out.drain(..) {
-                let _ = tx.feed(Message::text(ev.to_string())).await;
+                let _ = ws.feed(Message::text(ev.to_string())).await;
             }
             let frame = CloseFrame {
                 code: CloseCode::from(code),
                 reason: why.into(),
             };
-            let _ = tx.send(Message::Close(Some(frame))).await;
+            let _ = ws.send(Message::Close(Some(frame))).await;
             let wait = if code == 1001 { 200 } else { 2_000 };
             let _ = tokio::time::timeout(Duration::from_millis(wait), async {
-                while let Some(Ok(_)) = rx.next().await {}
+                while let Some(Ok(_)) = ws.next().await {}
             })
             .await;
         } else {
             // Let tungstenite send the close reply, if any.
-            let _ = tx.flush().await;
+            let _ = ws.flush().await;
         }
         reason
     }
