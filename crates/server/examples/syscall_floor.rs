@@ -16,6 +16,7 @@
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use voxbridge::loadtest::{clk_tck, stat_ticks};
 
 /// Bytes per message: a Twilio `media` frame with 160 µ-law bytes is about this long.
 const MESSAGE: usize = 400;
@@ -43,25 +44,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
 }
 
-/// User + system CPU time of this process, in clock ticks (`/proc/self/stat`).
+/// User + system CPU time of this process, in clock ticks.
 fn cpu_ticks() -> Result<u64, Box<dyn std::error::Error>> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    // Fields after the command name (which may hold spaces) start at field 3.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or("bad stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11).ok_or("no utime")?.parse()?;
-    let stime: u64 = f.get(12).ok_or("no stime")?.parse()?;
-    Ok(utime + stime)
-}
-
-fn clock_ticks_per_s() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    let (_, ticks) = stat_ticks("/proc/self/stat").ok_or("cannot read /proc/self/stat")?;
+    Ok(ticks)
 }
 
 /// Measure this process's CPU over `secs` after the warm-up, then report.
@@ -76,7 +62,7 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let (t1, c1, m1) = (Instant::now(), cpu_ticks()?, count());
     let wall = (t1 - t0).as_secs_f64();
-    let cpu = (c1 - c0) as f64 / clock_ticks_per_s() / wall * 100.0;
+    let cpu = (c1 - c0) as f64 / clk_tck() as f64 / wall * 100.0;
     let rate = (m1 - m0) as f64 / wall;
     println!(
         "{what}: {n} sockets, {rate:.0} messages/s, {cpu:.1} % of a core, {:.4} % per socket, {:.2} µs per message",

@@ -396,7 +396,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 // /proc
 
 /// Clock ticks per second of `/proc/*/stat` (`getconf CLK_TCK`, else 100).
-fn clk_tck() -> u64 {
+pub fn clk_tck() -> u64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -408,7 +408,7 @@ fn clk_tck() -> u64 {
 }
 
 /// (comm, utime + stime) of a `/proc/.../stat` file.
-fn stat_ticks(path: &str) -> Option<(String, u64)> {
+pub fn stat_ticks(path: &str) -> Option<(String, u64)> {
     let s = std::fs::read_to_string(path).ok()?;
     let open = s.find('(')?;
     let close = s.rfind(')')?;

@@ -34,52 +34,75 @@ pub async fn run_writer(store: Store, mut rx: UnboundedReceiver<CallEvent>) {
 /// Write a batch in order: runs of common events in one transaction each, the others
 /// (call state changes, tool calls…) one by one.
 async fn write_all(store: &Store, batch: &[CallEvent]) {
-    let mut run: Vec<(&CallEvent, BatchWrite<'_>)> = Vec::new();
+    let mut run = Run::default();
     for ev in batch {
         match batch_write(ev) {
-            Some(w) => run.push((ev, w)),
+            Some(w) => {
+                run.events.push(ev);
+                run.writes.push(w);
+            }
             None => {
-                write_run(store, &mut run).await;
+                run.write(store).await;
                 write_one(store, ev).await;
             }
         }
     }
-    write_run(store, &mut run).await;
+    run.write(store).await;
 }
 
-async fn write_run(store: &Store, run: &mut Vec<(&CallEvent, BatchWrite<'_>)>) {
-    match run.len() {
-        0 => {}
-        1 => write_one(store, run[0].0).await,
-        _ => {
-            let writes: Vec<BatchWrite<'_>> = run.iter().map(|(_, w)| w.clone()).collect();
-            if let Err(e) = store.write_batch(&writes).await {
-                // Nothing was written: one by one, so one bad event loses only itself.
-                debug!(error = %e, events = run.len(), "batch not written; writing one by one");
-                for (ev, _) in run.iter() {
-                    write_one(store, ev).await;
+/// Consecutive batchable events and their writes.
+#[derive(Default)]
+struct Run<'a> {
+    events: Vec<&'a CallEvent>,
+    writes: Vec<BatchWrite<'a>>,
+}
+
+impl Run<'_> {
+    async fn write(&mut self, store: &Store) {
+        if self.writes.is_empty() {
+            return;
+        }
+        if let Err(e) = store.write_batch(&self.writes).await {
+            match self.events.as_slice() {
+                [ev] => report(&ev.call_id, e),
+                events => {
+                    // Nothing was written: one by one, so one bad event loses only itself.
+                    debug!(error = %e, events = events.len(), "batch not written; writing one by one");
+                    for ev in events {
+                        write_one(store, ev).await;
+                    }
                 }
             }
         }
+        self.events.clear();
+        self.writes.clear();
     }
-    run.clear();
 }
 
 async fn write_one(store: &Store, ev: &CallEvent) {
-    match write(store, ev).await {
-        Ok(()) => {}
+    let written = match batch_write(ev) {
+        Some(w) => store.write_batch(&[w]).await,
+        None => write(store, ev).await,
+    };
+    if let Err(e) = written {
+        report(&ev.call_id, e);
+    }
+}
+
+fn report(call_id: &str, e: voxbridge_store::StoreError) {
+    match e {
         // A call the store has no row for (no lookup first: that would
         // double the queries of every event).
-        Err(voxbridge_store::StoreError::NotFound) => {
-            debug!(call_id = %ev.call_id, "event of a call not in the store")
+        voxbridge_store::StoreError::NotFound => {
+            debug!(call_id, "event of a call not in the store")
         }
         // Log and go on: one bad event must not stop the writer.
-        Err(e) => warn!(call_id = %ev.call_id, error = %e, "could not persist call event"),
+        e => warn!(call_id, error = %e, "could not persist call event"),
     }
 }
 
 /// The batchable form of an event: transcripts, usage, and the kinds stored only as a
-/// generic call event. `None` for the kinds with their own writes.
+/// generic call event. `None` for the kinds with writes of their own.
 fn batch_write(ev: &CallEvent) -> Option<BatchWrite<'_>> {
     let call_id = ev.call_id.as_str();
     let at_ms = ev.at_ms as i64;
@@ -111,65 +134,28 @@ fn batch_write(ev: &CallEvent) -> Option<BatchWrite<'_>> {
         | CallEventKind::SurveyAnswer { .. }
         | CallEventKind::OptedOut { .. }
         | CallEventKind::AnsweredBy { .. } => None,
-        kind => Some(BatchWrite::Event {
-            call_id,
-            kind: kind_name(kind),
-            data: serde_json::to_string(kind).ok()?,
-            at_ms,
-        }),
+        kind => {
+            let data = serde_json::to_value(kind).ok()?;
+            Some(BatchWrite::Event {
+                call_id,
+                kind: type_of(&data),
+                data: data.to_string(),
+                at_ms,
+            })
+        }
     }
 }
 
-/// The serialized `type` of an event (checked against serde in the tests).
-fn kind_name(kind: &CallEventKind) -> &'static str {
-    match kind {
-        CallEventKind::Answered { .. } => "answered",
-        CallEventKind::ModelReady { .. } => "model_ready",
-        CallEventKind::StreamStarted { .. } => "stream_started",
-        CallEventKind::Transcript { .. } => "transcript",
-        CallEventKind::Dtmf { .. } => "dtmf",
-        CallEventKind::BargeIn { .. } => "barge_in",
-        CallEventKind::Turn { .. } => "turn",
-        CallEventKind::Usage { .. } => "usage",
-        CallEventKind::Warning { .. } => "warning",
-        CallEventKind::Status { .. } => "status",
-        CallEventKind::Recording { .. } => "recording",
-        CallEventKind::ToolCall { .. } => "tool_call",
-        CallEventKind::SurveyAnswer { .. } => "survey_answer",
-        CallEventKind::OptedOut { .. } => "opted_out",
-        CallEventKind::AnsweredBy { .. } => "answered_by",
-        CallEventKind::Transferred { .. } => "transferred",
-        CallEventKind::Ended { .. } => "ended",
-    }
+/// The `type` of a serialized event (its generic row's kind).
+fn type_of(data: &serde_json::Value) -> String {
+    data["type"].as_str().unwrap_or("event").to_owned()
 }
 
+/// The kinds with writes of their own, then their generic row.
 async fn write(store: &Store, ev: &CallEvent) -> Result<(), voxbridge_store::StoreError> {
     let at = ev.at_ms as i64;
     let id = ev.call_id.as_str();
     match &ev.kind {
-        CallEventKind::Transcript { speaker, text } => {
-            let who = match speaker {
-                Speaker::Caller => "caller",
-                Speaker::Agent => "agent",
-            };
-            store.add_transcript(id, who, text, None, None, at).await?;
-            return Ok(());
-        }
-        CallEventKind::Usage {
-            input_tokens,
-            output_tokens,
-            cached_tokens,
-        } => {
-            store
-                .add_usage(
-                    id,
-                    *input_tokens as i64,
-                    *output_tokens as i64,
-                    *cached_tokens as i64,
-                )
-                .await?;
-            return Ok(());
-        }
         CallEventKind::StreamStarted { stream_sid, .. } => {
             store.set_stream_sid(id, stream_sid).await?;
         }
@@ -211,8 +197,7 @@ async fn write(store: &Store, ev: &CallEvent) -> Result<(), voxbridge_store::Sto
         _ => {}
     }
     let data = serde_json::to_value(&ev.kind).unwrap_or_default();
-    let kind = data["type"].as_str().unwrap_or("event").to_owned();
-    store.add_event(id, &kind, &data, at).await
+    store.add_event(id, &type_of(&data), &data, at).await
 }
 
 #[cfg(test)]
@@ -267,30 +252,6 @@ mod tests {
         CallEventKind::Turn {
             model_ms: ms,
             heard_ms: Some(ms + 25),
-        }
-    }
-
-    #[test]
-    fn kind_names_are_the_serialized_types() {
-        for kind in [
-            line(Speaker::Agent, "hi"),
-            usage(1),
-            turn(1),
-            CallEventKind::Dtmf { digit: "1".into() },
-            CallEventKind::Warning {
-                message: "w".into(),
-            },
-            CallEventKind::Status {
-                status: "completed".into(),
-            },
-            CallEventKind::Ended { reason: "r".into() },
-            CallEventKind::BargeIn {
-                truncated_ms: None,
-                dropped_ms: 0,
-            },
-        ] {
-            let v = serde_json::to_value(&kind).expect("json");
-            assert_eq!(v["type"], kind_name(&kind), "{kind:?}");
         }
     }
 

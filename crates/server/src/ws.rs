@@ -3,6 +3,7 @@
 //! model), or plain channels in tests.
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -87,43 +88,100 @@ pub const CLOSE_ERROR: u16 = 1011;
 /// WebSocket close code: normal.
 pub const CLOSE_NORMAL: u16 = 1000;
 
-/// An axum (server side) WebSocket as a [`Duplex`].
-struct AxumIo(axum::extract::ws::WebSocket);
-
-impl Stream for AxumIo {
-    type Item = WsIn;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WsIn>> {
-        use axum::extract::ws::Message;
-        loop {
-            return Poll::Ready(Some(match ready!(self.0.poll_next_unpin(cx)) {
-                None => return Poll::Ready(None),
-                Some(Ok(Message::Text(t))) => WsIn::Text(Text::Axum(t)),
-                Some(Ok(Message::Binary(b))) => WsIn::Binary(b.len()),
-                Some(Ok(Message::Close(c))) => {
-                    WsIn::Close(c.map(|c| (c.code, c.reason.to_string())))
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Err(e)) => WsIn::Error(e.to_string()),
-            }));
-        }
-    }
+/// A WebSocket library's message type, mapped to ours: axum's (server side, Twilio) and
+/// tungstenite's (client side, the model) differ only in their names.
+trait LibMessage: Sized {
+    /// `None` for control frames the library answers by itself (ping, pong).
+    fn into_in(self) -> Option<WsIn>;
+    fn from_out(out: WsOut) -> Self;
 }
 
-impl Sink<WsOut> for AxumIo {
-    type Error = SendError;
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        self.0.poll_ready_unpin(cx).map_err(send_error)
+impl LibMessage for axum::extract::ws::Message {
+    fn into_in(self) -> Option<WsIn> {
+        use axum::extract::ws::Message;
+        match self {
+            Message::Text(t) => Some(WsIn::Text(Text::Axum(t))),
+            Message::Binary(b) => Some(WsIn::Binary(b.len())),
+            Message::Close(c) => Some(WsIn::Close(c.map(|c| (c.code, c.reason.to_string())))),
+            Message::Ping(_) | Message::Pong(_) => None,
+        }
     }
-    fn start_send(mut self: Pin<&mut Self>, out: WsOut) -> Result<(), SendError> {
+    fn from_out(out: WsOut) -> Self {
         use axum::extract::ws::{CloseFrame, Message};
-        let msg = match out {
+        match out {
             WsOut::Text(t) => Message::Text(t.into()),
             WsOut::Close(code, reason) => Message::Close(Some(CloseFrame {
                 code,
                 reason: reason.into(),
             })),
-        };
-        self.0.start_send_unpin(msg).map_err(send_error)
+        }
+    }
+}
+
+impl LibMessage for tokio_tungstenite::tungstenite::Message {
+    fn into_in(self) -> Option<WsIn> {
+        use tokio_tungstenite::tungstenite::Message;
+        match self {
+            Message::Text(t) => Some(WsIn::Text(Text::Tungstenite(t))),
+            Message::Binary(b) => Some(WsIn::Binary(b.len())),
+            Message::Close(c) => Some(WsIn::Close(
+                c.map(|c| (u16::from(c.code), c.reason.to_string())),
+            )),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+        }
+    }
+    fn from_out(out: WsOut) -> Self {
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        match out {
+            WsOut::Text(t) => Message::Text(t.into()),
+            WsOut::Close(code, reason) => Message::Close(Some(CloseFrame {
+                code: code.into(),
+                reason: reason.into(),
+            })),
+        }
+    }
+}
+
+/// A library WebSocket `S` carrying messages `M`, as a [`Duplex`]: the mapping is done
+/// inline, with no adapter future per message.
+struct LibIo<S, M>(S, PhantomData<fn() -> M>);
+
+impl<S, M, E> Stream for LibIo<S, M>
+where
+    S: Stream<Item = Result<M, E>> + Unpin,
+    M: LibMessage,
+    E: std::fmt::Display,
+{
+    type Item = WsIn;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WsIn>> {
+        loop {
+            return Poll::Ready(match ready!(self.0.poll_next_unpin(cx)) {
+                None => None,
+                Some(Ok(m)) => match m.into_in() {
+                    Some(m) => Some(m),
+                    None => continue,
+                },
+                Some(Err(e)) => Some(WsIn::Error(e.to_string())),
+            });
+        }
+    }
+}
+
+impl<S, M> Sink<WsOut> for LibIo<S, M>
+where
+    S: Sink<M> + Unpin,
+    S::Error: std::fmt::Display,
+    M: LibMessage,
+{
+    type Error = SendError;
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        self.0.poll_ready_unpin(cx).map_err(send_error)
+    }
+    fn start_send(mut self: Pin<&mut Self>, out: WsOut) -> Result<(), SendError> {
+        self.0
+            .start_send_unpin(M::from_out(out))
+            .map_err(send_error)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
         self.0.poll_flush_unpin(cx).map_err(send_error)
@@ -139,60 +197,7 @@ fn send_error(e: impl std::fmt::Display) -> SendError {
 
 /// Wrap an axum (server side) WebSocket.
 pub fn from_axum(socket: axum::extract::ws::WebSocket) -> Link {
-    Link::new(AxumIo(socket))
-}
-
-/// A tokio-tungstenite (client side) WebSocket as a [`Duplex`].
-struct TungsteniteIo<S>(tokio_tungstenite::WebSocketStream<S>);
-
-impl<S> Stream for TungsteniteIo<S>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    type Item = WsIn;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WsIn>> {
-        use tokio_tungstenite::tungstenite::Message;
-        loop {
-            return Poll::Ready(Some(match ready!(self.0.poll_next_unpin(cx)) {
-                None => return Poll::Ready(None),
-                Some(Ok(Message::Text(t))) => WsIn::Text(Text::Tungstenite(t)),
-                Some(Ok(Message::Binary(b))) => WsIn::Binary(b.len()),
-                Some(Ok(Message::Close(c))) => {
-                    WsIn::Close(c.map(|c| (u16::from(c.code), c.reason.to_string())))
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Err(e)) => WsIn::Error(e.to_string()),
-            }));
-        }
-    }
-}
-
-impl<S> Sink<WsOut> for TungsteniteIo<S>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    type Error = SendError;
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        self.0.poll_ready_unpin(cx).map_err(send_error)
-    }
-    fn start_send(mut self: Pin<&mut Self>, out: WsOut) -> Result<(), SendError> {
-        use tokio_tungstenite::tungstenite::Message;
-        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-        let msg = match out {
-            WsOut::Text(t) => Message::Text(t.into()),
-            WsOut::Close(code, reason) => Message::Close(Some(CloseFrame {
-                code: code.into(),
-                reason: reason.into(),
-            })),
-        };
-        self.0.start_send_unpin(msg).map_err(send_error)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        self.0.poll_flush_unpin(cx).map_err(send_error)
-    }
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        self.0.poll_close_unpin(cx).map_err(send_error)
-    }
+    Link::new(LibIo::<_, axum::extract::ws::Message>(socket, PhantomData))
 }
 
 /// Wrap a tokio-tungstenite (client side) WebSocket.
@@ -200,7 +205,10 @@ pub fn from_tungstenite<S>(socket: tokio_tungstenite::WebSocketStream<S>) -> Lin
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    Link::new(TungsteniteIo(socket))
+    Link::new(LibIo::<_, tokio_tungstenite::tungstenite::Message>(
+        socket,
+        PhantomData,
+    ))
 }
 
 /// Two linked in-memory links, for tests: what one side sends, the other

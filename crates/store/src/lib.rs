@@ -416,7 +416,7 @@ pub enum BatchWrite<'a> {
     /// As [`Store::add_event`], the data already JSON text.
     Event {
         call_id: &'a str,
-        kind: &'a str,
+        kind: String,
         data: String,
         at_ms: i64,
     },
