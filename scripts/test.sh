@@ -19,6 +19,15 @@ as_root() {
 }
 
 step "0/10 system packages the tests need (Debian): python3-venv, postgresql"
+# Disk: a clean run needs about 6 GiB under target/ (see Cargo.toml's profiles); say
+# what is free up front, so a full disk reads as such and not as a compiler crash.
+df -h . | sed 's/^/disk: /'
+avail_kib="$(df -Pk . | awk 'NR == 2 { print $4 }')"
+if [[ "${avail_kib:-0}" -lt $((8 * 1024 * 1024)) ]]; then
+    echo "warning: less than 8 GiB free on the build disk; the build may fail with ENOSPC" >&2
+fi
+# A one-shot build never reuses incremental caches, which about double target/debug.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 missing=()
 if ! command -v python3 >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
@@ -108,4 +117,5 @@ step "10/10 load generator smoke: 50 calls for 10 s, no lost, duplicated, reorde
 cargo build -q --release -p voxbridge --bin voxbridge
 target/release/voxbridge loadtest --smoke --json "$CONF_DIR/loadtest_smoke.json"
 
+du -sh target 2>/dev/null | sed 's/^/target dir: /' || true
 step "all checks passed"
