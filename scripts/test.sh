@@ -19,7 +19,7 @@ as_root() {
 }
 
 step "0/10 system packages the tests need (Debian): python3-venv, postgresql"
-# Disk: a clean run needs about 6 GiB under target/ (see Cargo.toml's profiles); say
+# Disk: a clean run peaks near 4.2 GiB under target/ (Cargo.toml's profiles); say
 # what is free up front, so a full disk reads as such and not as a compiler crash.
 df -h . | sed 's/^/disk: /'
 avail_kib="$(df -Pk . | awk 'NR == 2 { print $4 }')"
