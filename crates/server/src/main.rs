@@ -168,7 +168,17 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The load generator given one CPU (the pinned benchmark runs it under `taskset -c 1`)
+    // gets a current-thread runtime: a multi-thread runtime there is one worker plus the
+    // main thread handing tasks across, and measured 3-7 % more CPU per call
+    // (docs/BENCHMARKS.md). With more CPUs it spreads over all of them.
+    let single_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if single_cpu && matches!(cli.command, Command::Loadtest { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the async runtime")?;
