@@ -23,8 +23,8 @@ step "0/10 system packages the tests need (Debian): python3-venv, postgresql"
 # what is free up front, so a full disk reads as such and not as a compiler crash.
 df -h . | sed 's/^/disk: /'
 avail_kib="$(df -Pk . | awk 'NR == 2 { print $4 }')"
-if [[ "${avail_kib:-0}" -lt $((8 * 1024 * 1024)) ]]; then
-    echo "warning: less than 8 GiB free on the build disk; the build may fail with ENOSPC" >&2
+if [[ "${avail_kib:-0}" -lt $((6 * 1024 * 1024)) ]]; then
+    echo "warning: less than 6 GiB free on the build disk; the build may fail with ENOSPC" >&2
 fi
 # A one-shot build never reuses incremental caches, which about double target/debug.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
