@@ -534,6 +534,33 @@ impl Store {
         rows.into_iter().map(CampaignRecord::try_from).collect()
     }
 
+    /// Marks `completed` every active campaign none of whose contacts has work left; returns
+    /// how many. Finishing a call does this in its own transaction; this catches the paths
+    /// that close a campaign's last contacts without a call ending (numbers added to the
+    /// do-not-call list, a campaign resumed after its last call ended while paused). The
+    /// campaign worker runs it every pass.
+    pub async fn complete_finished_campaigns(&self, now_ms: i64) -> Result<u64, StoreError> {
+        const CANDIDATES: &str = "SELECT c.id FROM campaigns c WHERE c.status = 'active' AND \
+             NOT EXISTS (SELECT 1 FROM contacts k WHERE k.campaign_id = c.id AND \
+             k.state IN ('pending', 'deferred', 'dialing', 'in_call'))";
+        // Row lock first, then the check in a statement of its own: on PostgreSQL a contact
+        // added meanwhile (which also touches the campaign row) is seen by that statement.
+        const LOCK: &str = "UPDATE campaigns SET updated_at_ms = updated_at_ms \
+             WHERE id = $1 AND status = 'active'";
+        let ids: Vec<String> =
+            with_pool!(self, p => sqlx::query_scalar(CANDIDATES).fetch_all(p).await)?;
+        let mut completed = 0;
+        for id in ids {
+            with_pool!(self, p => {
+                let mut tx = p.begin().await?;
+                sqlx::query(LOCK).bind(&id).execute(&mut *tx).await?;
+                completed += complete_if_done!(tx, &id, now_ms).rows_affected();
+                tx.commit().await?;
+            });
+        }
+        Ok(completed)
+    }
+
     /// Ids of the active campaigns that have a contact due at `now_ms`.
     pub async fn due_campaigns(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
         const SQL: &str = "SELECT c.id FROM campaigns c WHERE c.status = 'active' AND \
@@ -1104,6 +1131,11 @@ impl Store {
     where
         F: FnOnce(&FinishInput<'_>) -> ContactNext,
     {
+        // The campaign row first, as `dispatch` does: two finishes of a campaign's last calls
+        // must not run side by side, or each sees the other's contact still in a call and
+        // neither marks the campaign completed (PostgreSQL, READ COMMITTED).
+        const LOCK: &str = "UPDATE campaigns SET updated_at_ms = updated_at_ms \
+             WHERE id = (SELECT campaign_id FROM attempts WHERE id = $1)";
         const DONE: &str = "UPDATE attempts SET state = 'done', outcome = $2, \
              detail = COALESCE($3, detail), ended_at_ms = $4 \
              WHERE id = $1 AND state IN ('dialing', 'in_call') RETURNING contact_id, campaign_id, phone";
@@ -1122,6 +1154,7 @@ impl Store {
         );
         let result = with_pool!(self, p => {
             let mut tx = p.begin().await?;
+            sqlx::query(LOCK).bind(attempt_id).execute(&mut *tx).await?;
             let row: Option<(String, String, String)> = sqlx::query_as(DONE)
                 .bind(attempt_id)
                 .bind(outcome)

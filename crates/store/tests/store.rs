@@ -158,6 +158,7 @@ suite!(
     dispatch_respects_concurrency_and_pacing,
     concurrent_dispatchers_dial_each_contact_once,
     finish_attempt_retry_final_and_idempotent,
+    concurrent_last_finishes_complete_the_campaign,
     not_placed_and_expired_leases,
     dnc_closes_waiting_contacts,
     cancel_and_complete,
@@ -1188,6 +1189,43 @@ async fn finish_attempt_retry_final_and_idempotent(db: TestDb) -> TestResult {
     Ok(())
 }
 
+/// Two nodes finishing a campaign's last calls at the same moment: each transaction used to
+/// see the other's contact still in a call, so neither marked the campaign completed and it
+/// stayed `active` with nothing left to do (seen once in the two-node end-to-end test).
+async fn concurrent_last_finishes_complete_the_campaign(db: TestDb) -> TestResult {
+    let s = &db.store;
+    for round in 0..8 {
+        let id = format!("c{round}");
+        s.create_campaign(&new_campaign(&id, 10, 0), &contacts(4))
+            .await?;
+        let t = s
+            .dispatch(&id, &limits(5_000, "n1"), |_| DispatchChoice::Dial)
+            .await?;
+        assert_eq!(t.len(), 4);
+        let mut tasks = Vec::new();
+        for ticket in t {
+            let store = s.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .finish_attempt(&ticket.attempt.id, "completed", None, 9_000, |_| {
+                        ContactNext::Final {
+                            state: "completed",
+                            code: "COMPLETED".into(),
+                            message: "talked".into(),
+                        }
+                    })
+                    .await
+            }));
+        }
+        for task in tasks {
+            assert!(task.await.expect("task")?.is_some(), "finished once");
+        }
+        let camp = s.get_campaign(&id).await?.expect("campaign");
+        assert_eq!(camp.status, "completed", "round {round}: {camp:?}");
+    }
+    Ok(())
+}
+
 async fn not_placed_and_expired_leases(db: TestDb) -> TestResult {
     let s = &db.store;
     s.create_campaign(&new_campaign("c1", 10, 0), &contacts(3))
@@ -1265,6 +1303,32 @@ async fn dnc_closes_waiting_contacts(db: TestDb) -> TestResult {
     assert_eq!(s.list_dnc().await?.len(), 1);
     assert!(s.remove_dnc(&phone).await?);
     assert!(!s.remove_dnc(&phone).await?);
+    // The do-not-call list closing a campaign's last waiting contact leaves nothing to do:
+    // the worker's sweep completes it (and leaves active and paused campaigns with work alone).
+    s.create_campaign(&new_campaign("c2", 10, 0), &contacts(1))
+        .await?;
+    s.create_campaign(&new_campaign("c3", 10, 0), &contacts(2))
+        .await?;
+    s.set_campaign_status("c3", "paused", None, &["active"], 2_500)
+        .await?;
+    let other = contacts(2)[1].phone.clone();
+    s.create_campaign(
+        &new_campaign("c4", 10, 0),
+        &[NewContact {
+            phone: other,
+            ..contacts(1)[0].clone()
+        }],
+    )
+    .await?;
+    assert_eq!(s.complete_finished_campaigns(2_900).await?, 0);
+    assert!(s.add_dnc(&phone, None, "api", 3_000).await?);
+    assert_eq!(s.get_campaign("c2").await?.expect("c2").status, "active");
+    assert_eq!(s.complete_finished_campaigns(3_100).await?, 1);
+    let c2 = s.get_campaign("c2").await?.expect("c2");
+    assert_eq!(c2.status, "completed", "{c2:?}");
+    assert_eq!(s.get_campaign("c3").await?.expect("c3").status, "paused");
+    assert_eq!(s.get_campaign("c4").await?.expect("c4").status, "active");
+    assert_eq!(s.complete_finished_campaigns(3_200).await?, 0);
     Ok(())
 }
 

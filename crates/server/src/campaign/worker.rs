@@ -68,6 +68,11 @@ pub async fn run(state: AppState, shutdown: impl std::future::Future<Output = ()
                 None
             }
         };
+        // Finishing a call completes its campaign; contacts closed another way (the
+        // do-not-call list, a campaign resumed after its last call) are caught here.
+        if let Err(e) = store.complete_finished_campaigns(now()).await {
+            warn!(error = %e, "campaign completion sweep failed");
+        }
         let sleep = next_due
             .map(|at| Duration::from_millis((at - now()).clamp(0, poll.as_millis() as i64) as u64))
             .unwrap_or(poll);
