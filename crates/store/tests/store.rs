@@ -159,6 +159,7 @@ suite!(
     concurrent_dispatchers_dial_each_contact_once,
     finish_attempt_retry_final_and_idempotent,
     concurrent_last_finishes_complete_the_campaign,
+    campaign_paused_through_its_last_call_completes_on_resume,
     not_placed_and_expired_leases,
     dnc_closes_waiting_contacts,
     cancel_and_complete,
@@ -1223,6 +1224,37 @@ async fn concurrent_last_finishes_complete_the_campaign(db: TestDb) -> TestResul
         let camp = s.get_campaign(&id).await?.expect("campaign");
         assert_eq!(camp.status, "completed", "round {round}: {camp:?}");
     }
+    Ok(())
+}
+
+/// A campaign paused while its last call was running: the finish leaves it paused (only an
+/// active campaign completes), and the worker's sweep completes it once it is resumed.
+async fn campaign_paused_through_its_last_call_completes_on_resume(db: TestDb) -> TestResult {
+    let s = &db.store;
+    s.create_campaign(&new_campaign("c1", 10, 0), &contacts(1))
+        .await?;
+    let t = s
+        .dispatch("c1", &limits(5_000, "n1"), |_| DispatchChoice::Dial)
+        .await?;
+    assert_eq!(t.len(), 1);
+    s.set_campaign_status("c1", "paused", None, &["active"], 6_000)
+        .await?;
+    s.finish_attempt(&t[0].attempt.id, "completed", None, 9_000, |_| {
+        ContactNext::Final {
+            state: "completed",
+            code: "COMPLETED".into(),
+            message: "talked".into(),
+        }
+    })
+    .await?
+    .expect("finished");
+    assert_eq!(s.get_campaign("c1").await?.expect("c1").status, "paused");
+    assert_eq!(s.complete_finished_campaigns(9_500).await?, 0, "paused");
+    s.set_campaign_status("c1", "active", None, &["paused"], 10_000)
+        .await?;
+    assert_eq!(s.complete_finished_campaigns(10_500).await?, 1);
+    let c1 = s.get_campaign("c1").await?.expect("c1");
+    assert_eq!(c1.status, "completed", "{c1:?}");
     Ok(())
 }
 
