@@ -857,8 +857,29 @@ fn pg_url_replaces_the_database() {
 // -- campaigns --------------------------------------------------------------------------------
 
 use voxbridge_store::{
-    ContactFilter, ContactNext, DispatchChoice, DispatchLimits, NewCampaign, NewContact,
+    ContactFilter, ContactNext, DialTicket, DispatchChoice, DispatchLimits, FinishInput,
+    NewCampaign, NewContact,
 };
+
+/// A campaign `id` of `n` contacts, all dialed at once.
+async fn dialed_campaign(s: &Store, id: &str, n: usize) -> Result<Vec<DialTicket>, StoreError> {
+    s.create_campaign(&new_campaign(id, 10, 0), &contacts(n))
+        .await?;
+    let t = s
+        .dispatch(id, &limits(5_000, "n1"), |_| DispatchChoice::Dial)
+        .await?;
+    assert_eq!(t.len(), n);
+    Ok(t)
+}
+
+/// The decision for a call that reached the person.
+fn talked(_: &FinishInput<'_>) -> ContactNext {
+    ContactNext::Final {
+        state: "completed",
+        code: "COMPLETED".into(),
+        message: "talked".into(),
+    }
+}
 
 fn new_campaign(id: &str, max_concurrent: i64, calls_per_minute: i64) -> NewCampaign {
     NewCampaign {
@@ -1197,24 +1218,12 @@ async fn concurrent_last_finishes_complete_the_campaign(db: TestDb) -> TestResul
     let s = &db.store;
     for round in 0..8 {
         let id = format!("c{round}");
-        s.create_campaign(&new_campaign(&id, 10, 0), &contacts(4))
-            .await?;
-        let t = s
-            .dispatch(&id, &limits(5_000, "n1"), |_| DispatchChoice::Dial)
-            .await?;
-        assert_eq!(t.len(), 4);
         let mut tasks = Vec::new();
-        for ticket in t {
+        for ticket in dialed_campaign(s, &id, 4).await? {
             let store = s.clone();
             tasks.push(tokio::spawn(async move {
                 store
-                    .finish_attempt(&ticket.attempt.id, "completed", None, 9_000, |_| {
-                        ContactNext::Final {
-                            state: "completed",
-                            code: "COMPLETED".into(),
-                            message: "talked".into(),
-                        }
-                    })
+                    .finish_attempt(&ticket.attempt.id, "completed", None, 9_000, talked)
                     .await
             }));
         }
@@ -1231,23 +1240,12 @@ async fn concurrent_last_finishes_complete_the_campaign(db: TestDb) -> TestResul
 /// active campaign completes), and the worker's sweep completes it once it is resumed.
 async fn campaign_paused_through_its_last_call_completes_on_resume(db: TestDb) -> TestResult {
     let s = &db.store;
-    s.create_campaign(&new_campaign("c1", 10, 0), &contacts(1))
-        .await?;
-    let t = s
-        .dispatch("c1", &limits(5_000, "n1"), |_| DispatchChoice::Dial)
-        .await?;
-    assert_eq!(t.len(), 1);
+    let t = dialed_campaign(s, "c1", 1).await?;
     s.set_campaign_status("c1", "paused", None, &["active"], 6_000)
         .await?;
-    s.finish_attempt(&t[0].attempt.id, "completed", None, 9_000, |_| {
-        ContactNext::Final {
-            state: "completed",
-            code: "COMPLETED".into(),
-            message: "talked".into(),
-        }
-    })
-    .await?
-    .expect("finished");
+    s.finish_attempt(&t[0].attempt.id, "completed", None, 9_000, talked)
+        .await?
+        .expect("finished");
     assert_eq!(s.get_campaign("c1").await?.expect("c1").status, "paused");
     assert_eq!(s.complete_finished_campaigns(9_500).await?, 0, "paused");
     s.set_campaign_status("c1", "active", None, &["paused"], 10_000)
