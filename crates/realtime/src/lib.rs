@@ -10,6 +10,7 @@
 //!   borrowing the audio delta, with an explicit `Other` for everything else;
 //! - [`connect`]: opening the WebSocket with the right URL and headers
 //!   (a model session, or the sideband socket of a SIP call);
+//! - [`io`]: a stream adapter that sends vectored writes as one `send`;
 //! - [`calls`]: the Realtime Calls API (accept / reject / refer / hangup a
 //!   call that reached OpenAI's SIP connector);
 //! - [`webhooks`]: Standard Webhooks verification of OpenAI webhooks and the
@@ -18,6 +19,7 @@
 pub mod calls;
 pub mod client;
 pub mod connect;
+pub mod io;
 pub mod server;
 pub mod session;
 pub mod webhooks;

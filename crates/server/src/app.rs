@@ -12,7 +12,7 @@ use crate::token;
 use crate::ws::{self, CLOSE_POLICY, Link, WsIn, WsOut};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -596,29 +596,21 @@ async fn voice(
 /// `GET /twilio/media`: the Media Stream WebSocket.
 async fn media_socket(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    mut req: Request,
 ) -> Result<Response, ApiError> {
+    let upgrade = crate::upgrade::prepare(&mut req)?;
     // Twilio signs the handshake over the Stream URL with no parameters.
     // Reports say it uses the TwiML's wss:// URL; accept the same URL with
     // PUBLIC_URL's own scheme too, so a scheme difference cannot turn every
     // real call away (both come from our configuration, under the same key).
+    let headers = req.headers();
     let stream_url = state.config.stream_url();
-    if check_signature(&state, &headers, &stream_url, &[]).is_err() {
+    if check_signature(&state, headers, &stream_url, &[]).is_err() {
         let public_form = format!("{}/twilio/media", state.config.public_url);
-        check_signature(&state, &headers, &public_form, &[])?;
+        check_signature(&state, headers, &public_form, &[])?;
     }
     let max = state.config.max_frame_bytes;
-    Ok(upgrade
-        .max_message_size(max)
-        .max_frame_size(max)
-        // tungstenite zero-fills the free part of its read buffer (up to this size)
-        // before every read: 128 KiB by default, for ~400-byte Twilio frames (a 40 ms
-        // burst of them fits in 2 KiB). It grows on demand for a larger message.
-        .read_buffer_size(2 * 1024)
-        .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| handle_media(state, ws::from_axum(socket)))
-        .into_response())
+    Ok(upgrade.on_upgrade(max, move |socket| handle_media(state, ws::from_tws(socket))))
 }
 
 /// Drive one media socket: wait for `start`, authorize it, run the call.

@@ -27,6 +27,7 @@ pub mod session;
 pub mod sip;
 pub mod token;
 pub mod tools;
+pub mod upgrade;
 pub mod ws;
 
 pub use app::{App, AppState};

@@ -87,7 +87,7 @@ impl ModelProvider for OpenAiRealtime {
             let socket = voxbridge_realtime::connect(&base, &model, &key)
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut link = ws::from_tungstenite(socket);
+            let mut link = ws::from_tws(socket);
             link.send(WsOut::Text(CallSettings::session_update(
                 settings.initial_session(),
             )))
@@ -121,7 +121,7 @@ impl ModelProvider for OpenAiRealtime {
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(ModelLink {
-                    link: ws::from_tungstenite(socket),
+                    link: ws::from_tws(socket),
                     session_update_sent: true,
                 })
             });

@@ -1,6 +1,6 @@
-//! One message type for both WebSocket libraries, so [`crate::session`]
-//! can run over an axum socket (Twilio), a tokio-tungstenite socket (the
-//! model), or plain channels in tests.
+//! The call's two sockets (Twilio media, the model) as one small message type, so
+//! [`crate::session`] runs the same over tokio-websockets sockets or plain channels in
+//! tests.
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use std::marker::PhantomData;
@@ -10,16 +10,15 @@ use std::task::{Context, Poll, ready};
 /// Text of a received frame, without copying it out of the library's buffer.
 #[derive(Debug, Clone)]
 pub enum Text {
-    Axum(axum::extract::ws::Utf8Bytes),
-    Tungstenite(tokio_tungstenite::tungstenite::Utf8Bytes),
+    /// A tokio-websockets text message (its payload was checked as UTF-8 on receipt).
+    Tws(tokio_websockets::Message),
     Owned(String),
 }
 
 impl Text {
     pub fn as_str(&self) -> &str {
         match self {
-            Text::Axum(t) => t.as_str(),
-            Text::Tungstenite(t) => t.as_str(),
+            Text::Tws(m) => m.as_text().unwrap_or_default(),
             Text::Owned(t) => t.as_str(),
         }
     }
@@ -88,59 +87,55 @@ pub const CLOSE_ERROR: u16 = 1011;
 /// WebSocket close code: normal.
 pub const CLOSE_NORMAL: u16 = 1000;
 
-/// A WebSocket library's message type, mapped to ours: axum's (server side, Twilio) and
-/// tungstenite's (client side, the model) differ only in their names.
+/// A WebSocket library's message type, mapped to ours (one library today; the mapping
+/// keeps the library out of the session).
 trait LibMessage: Sized {
     /// `None` for control frames the library answers by itself (ping, pong).
     fn into_in(self) -> Option<WsIn>;
     fn from_out(out: WsOut) -> Self;
 }
 
-impl LibMessage for axum::extract::ws::Message {
+impl LibMessage for tokio_websockets::Message {
     fn into_in(self) -> Option<WsIn> {
-        use axum::extract::ws::Message;
-        match self {
-            Message::Text(t) => Some(WsIn::Text(Text::Axum(t))),
-            Message::Binary(b) => Some(WsIn::Binary(b.len())),
-            Message::Close(c) => Some(WsIn::Close(c.map(|c| (c.code, c.reason.to_string())))),
-            Message::Ping(_) | Message::Pong(_) => None,
+        if self.is_text() {
+            Some(WsIn::Text(Text::Tws(self)))
+        } else if self.is_binary() {
+            Some(WsIn::Binary(self.as_payload().len()))
+        } else if let Some((code, reason)) = self.as_close() {
+            let code = u16::from(code);
+            // 1005: the close frame carried no status (RFC 6455 §7.1.5).
+            Some(WsIn::Close(
+                (code != 1005).then(|| (code, reason.to_owned())),
+            ))
+        } else {
+            None // ping, pong: the library answers pings itself
         }
     }
     fn from_out(out: WsOut) -> Self {
-        use axum::extract::ws::{CloseFrame, Message};
+        use tokio_websockets::{CloseCode, Message};
         match out {
-            WsOut::Text(t) => Message::Text(t.into()),
-            WsOut::Close(code, reason) => Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })),
+            WsOut::Text(t) => Message::text(t),
+            WsOut::Close(code, reason) => {
+                // The library panics on a code that may not be sent or a reason over
+                // the protocol's 123 bytes: send what is valid instead.
+                match CloseCode::try_from(code) {
+                    Ok(code) if !code.is_reserved() => {
+                        Message::close(Some(code), truncate_utf8(&reason, 123))
+                    }
+                    _ => Message::close(None, ""),
+                }
+            }
         }
     }
 }
 
-impl LibMessage for tokio_tungstenite::tungstenite::Message {
-    fn into_in(self) -> Option<WsIn> {
-        use tokio_tungstenite::tungstenite::Message;
-        match self {
-            Message::Text(t) => Some(WsIn::Text(Text::Tungstenite(t))),
-            Message::Binary(b) => Some(WsIn::Binary(b.len())),
-            Message::Close(c) => Some(WsIn::Close(
-                c.map(|c| (u16::from(c.code), c.reason.to_string())),
-            )),
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
-        }
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
     }
-    fn from_out(out: WsOut) -> Self {
-        use tokio_tungstenite::tungstenite::Message;
-        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-        match out {
-            WsOut::Text(t) => Message::Text(t.into()),
-            WsOut::Close(code, reason) => Message::Close(Some(CloseFrame {
-                code: code.into(),
-                reason: reason.into(),
-            })),
-        }
-    }
+    &s[..end]
 }
 
 /// A library WebSocket `S` carrying messages `M`, as a [`Duplex`]: the mapping is done
@@ -195,20 +190,12 @@ fn send_error(e: impl std::fmt::Display) -> SendError {
     SendError(e.to_string())
 }
 
-/// Wrap an axum (server side) WebSocket.
-pub fn from_axum(socket: axum::extract::ws::WebSocket) -> Link {
-    Link::new(LibIo::<_, axum::extract::ws::Message>(socket, PhantomData))
-}
-
-/// Wrap a tokio-tungstenite (client side) WebSocket.
-pub fn from_tungstenite<S>(socket: tokio_tungstenite::WebSocketStream<S>) -> Link
+/// Wrap a tokio-websockets socket (either role).
+pub fn from_tws<S>(socket: tokio_websockets::WebSocketStream<S>) -> Link
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    Link::new(LibIo::<_, tokio_tungstenite::tungstenite::Message>(
-        socket,
-        PhantomData,
-    ))
+    Link::new(LibIo::<_, tokio_websockets::Message>(socket, PhantomData))
 }
 
 /// Two linked in-memory links, for tests: what one side sends, the other
@@ -299,5 +286,45 @@ impl Sink<WsOut> for Detached {
     }
     fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), SendError>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_websockets::Message;
+
+    #[test]
+    fn close_frames_that_the_library_would_panic_on_are_sent_valid() {
+        // 1005 may not be sent; 999 is not a close code at all: an empty close instead.
+        for code in [1005, 999] {
+            let m = Message::from_out(WsOut::Close(code, "why".into()));
+            assert!(m.is_close());
+            assert!(m.as_payload().is_empty(), "code {code}");
+        }
+        // A reason over 123 bytes is cut at a character boundary.
+        let long = "é".repeat(100); // 200 bytes
+        let m = Message::from_out(WsOut::Close(CLOSE_POLICY, long));
+        let (code, reason) = m.as_close().expect("close");
+        assert_eq!(u16::from(code), CLOSE_POLICY);
+        assert_eq!(reason.len(), 122);
+        assert!(reason.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn received_messages_map_to_ours() {
+        let text = Message::text(String::from(r#"{"event":"media"}"#)).into_in();
+        assert!(matches!(text, Some(WsIn::Text(t)) if t.as_str() == r#"{"event":"media"}"#));
+        assert!(matches!(
+            Message::binary(vec![1u8, 2, 3]).into_in(),
+            Some(WsIn::Binary(3))
+        ));
+        assert!(Message::ping(&b"x"[..]).into_in().is_none());
+        let close = Message::close(Some(tokio_websockets::CloseCode::NORMAL_CLOSURE), "bye");
+        assert!(matches!(close.into_in(), Some(WsIn::Close(Some((1000, r))))  if r == "bye"));
+        assert!(matches!(
+            Message::close(None, "").into_in(),
+            Some(WsIn::Close(None))
+        ));
     }
 }

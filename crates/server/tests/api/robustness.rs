@@ -765,6 +765,29 @@ async fn signatures_routes_and_health() {
     // Control: correctly signed.
     let ws = signed_media(&app).await;
     drop(ws);
+    // Not a WebSocket handshake at all, or a broken one: 400 with a JSON error.
+    let (status, body) = http_request(app.port, "GET", "/twilio/media", &[], "").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(json_body(&body)["code"], "WEBSOCKET_REQUIRED", "{body}");
+    let upgrade = |version: &str, key: &str| {
+        vec![
+            ("Connection", "Upgrade".to_string()),
+            ("Upgrade", "websocket".to_string()),
+            ("Sec-WebSocket-Version", version.to_string()),
+            ("Sec-WebSocket-Key", key.to_string()),
+        ]
+    };
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    for (headers, code) in [
+        (upgrade("8", key), "WEBSOCKET_VERSION"),
+        (upgrade("13", "bm90IDE2"), "WEBSOCKET_KEY"),
+    ] {
+        let (status, body) = http_request(app.port, "GET", "/twilio/media", &headers, "").await;
+        assert_eq!(status, 400, "{body}");
+        let v = json_body(&body);
+        assert_eq!(v["code"], code, "{v}");
+        assert!(v["error"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+    }
 
     // Unknown route.
     let (status, body) = http_request(app.port, "GET", "/no/such/route", &[], "").await;
