@@ -190,8 +190,15 @@ pub struct StepReport {
     /// Server CPU, % of one core.
     pub server_cpu_pct: f64,
     pub server_cpu_pct_per_call: f64,
+    /// `server_cpu_pct_per_call` split into user space and kernel (`/proc` utime and
+    /// stime). User time moves less with the host's load than kernel time does, so an
+    /// A/B of a user-space change shows there first.
+    pub server_user_pct_per_call: f64,
+    pub server_sys_pct_per_call: f64,
     pub loadgen_cpu_pct: f64,
     pub loadgen_cpu_pct_per_call: f64,
+    pub loadgen_user_pct_per_call: f64,
+    pub loadgen_sys_pct_per_call: f64,
     /// Server RSS at the end of the hold, and (that − idle RSS) / calls.
     pub server_rss_kib: u64,
     pub server_rss_kib_per_call: f64,
@@ -409,15 +416,41 @@ pub fn clk_tck() -> u64 {
 
 /// (comm, utime + stime) of a `/proc/.../stat` file.
 pub fn stat_ticks(path: &str) -> Option<(String, u64)> {
-    let s = std::fs::read_to_string(path).ok()?;
+    stat_times(path).map(|(comm, t)| (comm, t.user + t.sys))
+}
+
+/// CPU time in clock ticks, split: user space and kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ticks {
+    pub user: u64,
+    pub sys: u64,
+}
+
+impl Ticks {
+    fn minus(self, other: Ticks) -> Ticks {
+        Ticks {
+            user: self.user.saturating_sub(other.user),
+            sys: self.sys.saturating_sub(other.sys),
+        }
+    }
+}
+
+/// (comm, utime and stime) of a `/proc/.../stat` file.
+pub fn stat_times(path: &str) -> Option<(String, Ticks)> {
+    parse_stat(&std::fs::read_to_string(path).ok()?)
+}
+
+/// `man 5 proc`, `/proc/pid/stat`: the command name is in parentheses and may itself
+/// hold spaces and parentheses, so fields are counted from the last `)`.
+fn parse_stat(s: &str) -> Option<(String, Ticks)> {
     let open = s.find('(')?;
     let close = s.rfind(')')?;
     let comm = s.get(open + 1..close)?.to_string();
     let rest: Vec<&str> = s.get(close + 1..)?.split_whitespace().collect();
     // rest[0] is field 3 (state): utime is field 14, stime field 15.
-    let utime: u64 = rest.get(11)?.parse().ok()?;
-    let stime: u64 = rest.get(12)?.parse().ok()?;
-    Some((comm, utime + stime))
+    let user: u64 = rest.get(11)?.parse().ok()?;
+    let sys: u64 = rest.get(12)?.parse().ok()?;
+    Some((comm, Ticks { user, sys }))
 }
 
 fn rss_kib(pid: &str) -> u64 {
@@ -442,38 +475,39 @@ enum ServerProc {
 #[derive(Debug, Clone, Copy)]
 struct CpuSample {
     at: Instant,
-    server: u64,
-    loadgen: u64,
+    server: Ticks,
+    loadgen: Ticks,
 }
 
 impl ServerProc {
     fn sample(self) -> CpuSample {
         let at = Instant::now();
-        let own = stat_ticks("/proc/self/stat").map_or(0, |(_, t)| t);
+        let own = stat_times("/proc/self/stat").map_or(Ticks::default(), |(_, t)| t);
         match self {
             ServerProc::InProcess => {
-                let mut server = 0;
+                let mut server = Ticks::default();
                 if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
                     for e in dir.flatten() {
                         let p = format!("{}/stat", e.path().display());
-                        if let Some((comm, t)) = stat_ticks(&p)
+                        if let Some((comm, t)) = stat_times(&p)
                             && comm.starts_with(SERVER_THREAD)
                         {
-                            server += t;
+                            server.user += t.user;
+                            server.sys += t.sys;
                         }
                     }
                 }
                 CpuSample {
                     at,
                     server,
-                    loadgen: own.saturating_sub(server),
+                    loadgen: own.minus(server),
                 }
             }
             ServerProc::External(pid) => CpuSample {
                 at,
                 server: pid
-                    .and_then(|p| stat_ticks(&format!("/proc/{p}/stat")))
-                    .map_or(0, |(_, t)| t),
+                    .and_then(|p| stat_times(&format!("/proc/{p}/stat")))
+                    .map_or(Ticks::default(), |(_, t)| t),
                 loadgen: own,
             },
         }
@@ -988,11 +1022,17 @@ fn aggregate(
     let secs = cpu1.at.saturating_duration_since(cpu0.at).as_secs_f64();
     s.window_s = secs;
     if secs > 0.0 {
-        let pct = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / ctx.clk_tck as f64 / secs * 100.0;
-        s.server_cpu_pct = pct(cpu0.server, cpu1.server);
-        s.loadgen_cpu_pct = pct(cpu0.loadgen, cpu1.loadgen);
+        let pct = |ticks: u64| ticks as f64 / ctx.clk_tck as f64 / secs * 100.0;
+        let server = cpu1.server.minus(cpu0.server);
+        let loadgen = cpu1.loadgen.minus(cpu0.loadgen);
+        s.server_cpu_pct = pct(server.user + server.sys);
+        s.loadgen_cpu_pct = pct(loadgen.user + loadgen.sys);
         s.server_cpu_pct_per_call = s.server_cpu_pct / n as f64;
         s.loadgen_cpu_pct_per_call = s.loadgen_cpu_pct / n as f64;
+        s.server_user_pct_per_call = pct(server.user) / n as f64;
+        s.server_sys_pct_per_call = pct(server.sys) / n as f64;
+        s.loadgen_user_pct_per_call = pct(loadgen.user) / n as f64;
+        s.loadgen_sys_pct_per_call = pct(loadgen.sys) / n as f64;
     }
     s.server_rss_kib = rss;
     s.server_rss_kib_per_call = rss.saturating_sub(ctx.idle_rss) as f64 / n as f64;
@@ -1053,12 +1093,12 @@ fn aggregate(
 // ---------------------------------------------------------------------------
 // Output
 
-const HEADER: &str = "| calls | up p50 / p99 / max ms | down p50 / p99 / max ms | up frames sent / recv | down frames sent / recv | up p99 1st s / rest ms | lost | dup | reord | late | server CPU % | CPU %/call | RSS MiB | RSS KiB/call | loadgen CPU % | loadgen %/call | pre-connect p50 / p99 ms | pass |\n\
+const HEADER: &str = "| calls | up p50 / p99 / max ms | down p50 / p99 / max ms | up frames sent / recv | down frames sent / recv | up p99 1st s / rest ms | lost | dup | reord | late | server CPU % | CPU %/call (user / sys) | RSS MiB | RSS KiB/call | loadgen CPU % | loadgen %/call (user / sys) | pre-connect p50 / p99 ms | pass |\n\
 |---:|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|";
 
 fn markdown_row(s: &StepReport) -> String {
     format!(
-        "| {} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} / {} | {} / {} | {:.2} / {:.2} | {} | {} | {} | {} | {:.1} | {:.3} | {:.1} | {:.1} | {:.1} | {:.3} | {:.1} / {:.1} ({}/{} before start) | {} |",
+        "| {} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} / {} | {} / {} | {:.2} / {:.2} | {} | {} | {} | {} | {:.1} | {:.3} ({:.3} / {:.3}) | {:.1} | {:.1} | {:.1} | {:.3} ({:.3} / {:.3}) | {:.1} / {:.1} ({}/{} before start) | {} |",
         s.calls,
         s.uplink.p50_ms,
         s.uplink.p99_ms,
@@ -1078,10 +1118,14 @@ fn markdown_row(s: &StepReport) -> String {
         s.late,
         s.server_cpu_pct,
         s.server_cpu_pct_per_call,
+        s.server_user_pct_per_call,
+        s.server_sys_pct_per_call,
         s.server_rss_kib as f64 / 1024.0,
         s.server_rss_kib_per_call,
         s.loadgen_cpu_pct,
         s.loadgen_cpu_pct_per_call,
+        s.loadgen_user_pct_per_call,
+        s.loadgen_sys_pct_per_call,
         s.preconnect.p50_ms,
         s.preconnect.p99_ms,
         s.preconnect.before_start,
@@ -1198,5 +1242,11 @@ mod tests {
         assert!(!comm.is_empty());
         let _ = ticks;
         assert!(rss_kib("self") > 0);
+        // utime (field 14) and stime (field 15), after a name with spaces and parens.
+        let line = "4242 (vb (serve) 1) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 567 0 0 20 0 3 0";
+        let (comm, t) = parse_stat(line).expect("parses");
+        assert_eq!(comm, "vb (serve) 1");
+        assert_eq!((t.user, t.sys), (1234, 567));
+        assert!(parse_stat("4242 (x) S 1 2").is_none());
     }
 }
