@@ -20,11 +20,11 @@ thread_local! {
 /// in a per-thread buffer.
 ///
 /// tokio-websockets writes each frame as two buffers (header, payload), so every audio
-/// frame became a `writev(2)`. On Linux a TCP `writev` costs measurably more kernel time
-/// than a `send` of the same bytes (the iovec import and the VFS write path); copying a
-/// few hundred bytes into a warm buffer costs far less (docs/BENCHMARKS.md). Stateless
-/// between calls: a partial or pending write is simply retried by the caller with the
-/// buffers it still holds.
+/// frame became a `writev(2)`, whose VFS write path and iovec import showed in the
+/// bridge's profile at 3 % of its samples (docs/BENCHMARKS.md); copying a few hundred
+/// bytes into a warm buffer costs tens of nanoseconds. Stateless between calls: a
+/// partial or pending write is simply retried by the caller with the buffers it still
+/// holds.
 #[derive(Debug)]
 pub struct OneWrite<S> {
     inner: S,
