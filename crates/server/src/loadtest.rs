@@ -191,8 +191,7 @@ pub struct StepReport {
     pub server_cpu_pct: f64,
     pub server_cpu_pct_per_call: f64,
     /// `server_cpu_pct_per_call` split into user space and kernel (`/proc` utime and
-    /// stime). User time moves less with the host's load than kernel time does, so an
-    /// A/B of a user-space change shows there first.
+    /// stime): a change to either shows in its own column, not diluted in the total.
     pub server_user_pct_per_call: f64,
     pub server_sys_pct_per_call: f64,
     pub loadgen_cpu_pct: f64,
