@@ -177,7 +177,6 @@ mod tests {
             .expect("connect");
         match socket.get_ref().get_ref() {
             MaybeTlsStream::Plain(tcp) => assert!(tcp.nodelay().expect("nodelay")),
-            #[allow(unreachable_patterns)]
             _ => panic!("a ws:// URL gives a plain socket"),
         }
         let request = server.await.expect("server task");

@@ -3,7 +3,6 @@
 //! tests.
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -87,43 +86,37 @@ pub const CLOSE_ERROR: u16 = 1011;
 /// WebSocket close code: normal.
 pub const CLOSE_NORMAL: u16 = 1000;
 
-/// A WebSocket library's message type, mapped to ours (one library today; the mapping
-/// keeps the library out of the session).
-trait LibMessage: Sized {
-    /// `None` for control frames the library answers by itself (ping, pong).
-    fn into_in(self) -> Option<WsIn>;
-    fn from_out(out: WsOut) -> Self;
+/// A received tokio-websockets message as ours; `None` for control frames the library
+/// answers by itself (ping, pong).
+fn received(m: tokio_websockets::Message) -> Option<WsIn> {
+    if m.is_text() {
+        Some(WsIn::Text(Text::Tws(m)))
+    } else if m.is_binary() {
+        Some(WsIn::Binary(m.as_payload().len()))
+    } else if let Some((code, reason)) = m.as_close() {
+        let code = u16::from(code);
+        // 1005: the close frame carried no status (RFC 6455 §7.1.5).
+        Some(WsIn::Close(
+            (code != 1005).then(|| (code, reason.to_owned())),
+        ))
+    } else {
+        None
+    }
 }
 
-impl LibMessage for tokio_websockets::Message {
-    fn into_in(self) -> Option<WsIn> {
-        if self.is_text() {
-            Some(WsIn::Text(Text::Tws(self)))
-        } else if self.is_binary() {
-            Some(WsIn::Binary(self.as_payload().len()))
-        } else if let Some((code, reason)) = self.as_close() {
-            let code = u16::from(code);
-            // 1005: the close frame carried no status (RFC 6455 §7.1.5).
-            Some(WsIn::Close(
-                (code != 1005).then(|| (code, reason.to_owned())),
-            ))
-        } else {
-            None // ping, pong: the library answers pings itself
-        }
-    }
-    fn from_out(out: WsOut) -> Self {
-        use tokio_websockets::{CloseCode, Message};
-        match out {
-            WsOut::Text(t) => Message::text(t),
-            WsOut::Close(code, reason) => {
-                // The library panics on a code that may not be sent or a reason over
-                // the protocol's 123 bytes: send what is valid instead.
-                match CloseCode::try_from(code) {
-                    Ok(code) if !code.is_reserved() => {
-                        Message::close(Some(code), truncate_utf8(&reason, 123))
-                    }
-                    _ => Message::close(None, ""),
+/// Ours as a tokio-websockets message.
+fn to_message(out: WsOut) -> tokio_websockets::Message {
+    use tokio_websockets::{CloseCode, Message};
+    match out {
+        WsOut::Text(t) => Message::text(t),
+        WsOut::Close(code, reason) => {
+            // The library panics on a code that may not be sent or a reason over the
+            // protocol's 123 bytes: send what is valid instead.
+            match CloseCode::try_from(code) {
+                Ok(code) if !code.is_reserved() => {
+                    Message::close(Some(code), truncate_utf8(&reason, 123))
                 }
+                _ => Message::close(None, ""),
             }
         }
     }
@@ -138,22 +131,20 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// A library WebSocket `S` carrying messages `M`, as a [`Duplex`]: the mapping is done
-/// inline, with no adapter future per message.
-struct LibIo<S, M>(S, PhantomData<fn() -> M>);
+/// A tokio-websockets socket as a [`Duplex`]: the mapping is done inline, with no
+/// adapter future per message.
+struct Tws<S>(tokio_websockets::WebSocketStream<S>);
 
-impl<S, M, E> Stream for LibIo<S, M>
+impl<S> Stream for Tws<S>
 where
-    S: Stream<Item = Result<M, E>> + Unpin,
-    M: LibMessage,
-    E: std::fmt::Display,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     type Item = WsIn;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WsIn>> {
         loop {
             return Poll::Ready(match ready!(self.0.poll_next_unpin(cx)) {
                 None => None,
-                Some(Ok(m)) => match m.into_in() {
+                Some(Ok(m)) => match received(m) {
                     Some(m) => Some(m),
                     None => continue,
                 },
@@ -163,20 +154,16 @@ where
     }
 }
 
-impl<S, M> Sink<WsOut> for LibIo<S, M>
+impl<S> Sink<WsOut> for Tws<S>
 where
-    S: Sink<M> + Unpin,
-    S::Error: std::fmt::Display,
-    M: LibMessage,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     type Error = SendError;
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
         self.0.poll_ready_unpin(cx).map_err(send_error)
     }
     fn start_send(mut self: Pin<&mut Self>, out: WsOut) -> Result<(), SendError> {
-        self.0
-            .start_send_unpin(M::from_out(out))
-            .map_err(send_error)
+        self.0.start_send_unpin(to_message(out)).map_err(send_error)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
         self.0.poll_flush_unpin(cx).map_err(send_error)
@@ -195,7 +182,7 @@ pub fn from_tws<S>(socket: tokio_websockets::WebSocketStream<S>) -> Link
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    Link::new(LibIo::<_, tokio_websockets::Message>(socket, PhantomData))
+    Link::new(Tws(socket))
 }
 
 /// Two linked in-memory links, for tests: what one side sends, the other
@@ -298,13 +285,13 @@ mod tests {
     fn close_frames_that_the_library_would_panic_on_are_sent_valid() {
         // 1005 may not be sent; 999 is not a close code at all: an empty close instead.
         for code in [1005, 999] {
-            let m = Message::from_out(WsOut::Close(code, "why".into()));
+            let m = to_message(WsOut::Close(code, "why".into()));
             assert!(m.is_close());
             assert!(m.as_payload().is_empty(), "code {code}");
         }
         // A reason over 123 bytes is cut at a character boundary.
         let long = "é".repeat(100); // 200 bytes
-        let m = Message::from_out(WsOut::Close(CLOSE_POLICY, long));
+        let m = to_message(WsOut::Close(CLOSE_POLICY, long));
         let (code, reason) = m.as_close().expect("close");
         assert_eq!(u16::from(code), CLOSE_POLICY);
         assert_eq!(reason.len(), 122);
@@ -313,17 +300,17 @@ mod tests {
 
     #[test]
     fn received_messages_map_to_ours() {
-        let text = Message::text(String::from(r#"{"event":"media"}"#)).into_in();
+        let text = received(Message::text(String::from(r#"{"event":"media"}"#)));
         assert!(matches!(text, Some(WsIn::Text(t)) if t.as_str() == r#"{"event":"media"}"#));
         assert!(matches!(
-            Message::binary(vec![1u8, 2, 3]).into_in(),
+            received(Message::binary(vec![1u8, 2, 3])),
             Some(WsIn::Binary(3))
         ));
-        assert!(Message::ping(&b"x"[..]).into_in().is_none());
+        assert!(received(Message::ping(&b"x"[..])).is_none());
         let close = Message::close(Some(tokio_websockets::CloseCode::NORMAL_CLOSURE), "bye");
-        assert!(matches!(close.into_in(), Some(WsIn::Close(Some((1000, r))))  if r == "bye"));
+        assert!(matches!(received(close), Some(WsIn::Close(Some((1000, r))))  if r == "bye"));
         assert!(matches!(
-            Message::close(None, "").into_in(),
+            received(Message::close(None, "")),
             Some(WsIn::Close(None))
         ));
     }
