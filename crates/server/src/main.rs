@@ -107,6 +107,11 @@ enum Command {
         /// Run every step even after one fails.
         #[arg(long)]
         no_stop: bool,
+        /// A frame arrives at an emulator when the load generator reads it, not
+        /// when the kernel received its bytes (the default), so the load
+        /// generator's own delays count as latency.
+        #[arg(long)]
+        read_clock: bool,
         /// Where to write the JSON report.
         #[arg(long, default_value = "target/loadtest/report.json")]
         json: PathBuf,
@@ -209,6 +214,7 @@ fn main() -> anyhow::Result<()> {
                 ramp_up_s,
                 max_p99_ms,
                 no_stop,
+                read_clock,
                 json,
                 smoke,
             } => {
@@ -228,6 +234,7 @@ fn main() -> anyhow::Result<()> {
                     }
                 };
                 opts.stop_on_fail = !no_stop;
+                opts.kernel_rx_clock = !read_clock;
                 if let Some(base) = target {
                     let auth_token = auth_token
                         .context("--target needs --auth-token (the server's TWILIO_AUTH_TOKEN)")?;

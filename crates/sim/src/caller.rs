@@ -49,15 +49,19 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::stamp::{RxStamp, StampedTcp};
 use voxbridge_audio::{FRAME_BYTES, MULAW_SILENCE, mulaw_encode};
 
 /// A burst of agent audio ends after the queue has been dry for longer than this.
@@ -66,6 +70,8 @@ pub const BURST_GAP_MS: u64 = 200;
 pub const DONE_MARK_PREFIX: &str = "done:";
 /// Frame period of a Twilio media stream.
 const FRAME_MS: u64 = 20;
+/// A tick served later than this is counted in [`CallerReport::late_ticks`].
+pub const LATE_TICK_MS: u64 = 5;
 /// µ-law samples (bytes) per millisecond.
 const SPMS: u64 = 8;
 /// Largest HTTP response accepted from the voice webhook.
@@ -220,6 +226,10 @@ pub struct RunOptions {
     /// media frame sent, and measure downlink tags in the frames received
     /// (`downlink_latency_us`).
     pub tag_call: Option<u32>,
+    /// Take a frame's arrival time from the kernel's receive timestamp of its bytes
+    /// (see [`crate::stamp`]) instead of the time this caller got to it: for the
+    /// downlink latency and the playback deadline. Plain `ws://` only. Default false.
+    pub kernel_rx_stamps: bool,
 }
 
 impl Default for RunOptions {
@@ -229,6 +239,7 @@ impl Default for RunOptions {
             safety_timeout: None,
             keep_log: true,
             tag_call: None,
+            kernel_rx_stamps: false,
         }
     }
 }
@@ -302,6 +313,11 @@ pub struct CallerReport {
     /// With [`RunOptions::tag_call`]: per received frame carrying a downlink
     /// tag, now − its send time, in µs.
     pub downlink_latency_us: Vec<u32>,
+    /// 20 ms ticks this caller served more than [`LATE_TICK_MS`] after their time:
+    /// its process fell behind, and its frames reach the server in bunches.
+    pub late_ticks: u64,
+    /// The latest a tick was served after its time, µs.
+    pub max_tick_lag_us: u64,
 }
 
 /// Errors before the media session is up. Problems after that are recorded in the report.
@@ -891,28 +907,61 @@ pub async fn run_call_with(
         let v = HeaderValue::from_str(&sig).map_err(|e| CallerError::WsConnect(e.to_string()))?;
         req.headers_mut().insert("X-Twilio-Signature", v);
     }
-    let (mut ws, _resp) =
+    if req.uri().scheme_str() == Some("ws") {
+        let ws = handshake(connect_plain(req, opts.kernel_rx_stamps)).await?;
+        Ok(drive(cfg, &opts, ws, twiml, stream_url, params).await)
+    } else {
         // TCP_NODELAY, as a media gateway would: with Nagle, a frame sent
         // right after a small mark echo waits for the server's delayed ACK.
-        match tokio::time::timeout(
-            NET_TIMEOUT,
-            tokio_tungstenite::connect_async_with_config(req, Some(crate::ws_config()), true),
-        )
-        .await
-        {
-            Err(_) => return Err(CallerError::Timeout("media WebSocket handshake")),
-            Ok(Err(tungstenite::Error::Http(resp))) => {
-                return Err(CallerError::WsRejected {
-                    status: resp.status().as_u16(),
-                });
-            }
-            Ok(Err(e)) => return Err(CallerError::WsConnect(e.to_string())),
-            Ok(Ok(x)) => x,
-        };
+        let connect =
+            tokio_tungstenite::connect_async_with_config(req, Some(crate::ws_config()), true);
+        let (ws, _resp) = handshake(connect).await?;
+        Ok(drive(cfg, &opts, ws, twiml, stream_url, params).await)
+    }
+}
+
+/// A `ws://` media socket on a [`StampedTcp`] (TCP_NODELAY, as with `wss://`).
+async fn connect_plain(
+    req: tungstenite::handshake::client::Request,
+    stamps: bool,
+) -> Result<WebSocketStream<StampedTcp>, tungstenite::Error> {
+    let host = req.uri().host().unwrap_or_default().to_string();
+    let port = req.uri().port_u16().unwrap_or(80);
+    let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;
+    tcp.set_nodelay(true)?;
+    let tcp = StampedTcp::new(tcp, stamps)?;
+    let (ws, _resp) =
+        tokio_tungstenite::client_async_with_config(req, tcp, Some(crate::ws_config())).await?;
+    Ok(ws)
+}
+
+/// The WebSocket handshake, bounded by [`NET_TIMEOUT`], with its errors as the caller's.
+async fn handshake<T>(
+    connect: impl std::future::Future<Output = Result<T, tungstenite::Error>>,
+) -> Result<T, CallerError> {
+    match tokio::time::timeout(NET_TIMEOUT, connect).await {
+        Err(_) => Err(CallerError::Timeout("media WebSocket handshake")),
+        Ok(Err(tungstenite::Error::Http(resp))) => Err(CallerError::WsRejected {
+            status: resp.status().as_u16(),
+        }),
+        Ok(Err(e)) => Err(CallerError::WsConnect(e.to_string())),
+        Ok(Ok(x)) => Ok(x),
+    }
+}
+
+/// The media session on an open socket, to its end.
+async fn drive<S: CallerIo>(
+    cfg: CallerConfig,
+    opts: &RunOptions,
+    mut ws: WebSocketStream<S>,
+    twiml: String,
+    stream_url: String,
+    params: Vec<(String, String)>,
+) -> CallerReport {
     cfg.emit(CallerEvent::Connected);
 
     let stream_sid = random_sid("MZ");
-    let mut s = Session::new(&cfg, &opts, stream_sid, Instant::now());
+    let mut s = Session::new(&cfg, opts, stream_sid, Instant::now());
     s.report.twiml = twiml;
     s.report.stream_url = stream_url;
     s.report.custom_parameters = params;
@@ -936,7 +985,7 @@ pub async fn run_call_with(
         None => (None, String::new()),
     };
     cfg.emit(CallerEvent::Closed { code, reason });
-    Ok(s.report)
+    s.report
 }
 
 /// Resolves once the external hang-up signal holds `true`; never without one
@@ -950,7 +999,9 @@ async fn wait_hangup(rx: Option<tokio::sync::watch::Receiver<bool>>) {
     std::future::pending::<()>().await;
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+/// What a media socket runs on: plain TCP ([`StampedTcp`]) or `wss://`.
+trait CallerIo: AsyncRead + AsyncWrite + Unpin + RxStamp {}
+impl<T: AsyncRead + AsyncWrite + Unpin + RxStamp> CallerIo for T {}
 
 enum Queued {
     /// (bytes when recorded else empty, length, played so far)
@@ -972,6 +1023,8 @@ struct Session<'a> {
     record: bool,
     keep_log: bool,
     tag_call: Option<u32>,
+    /// Kernel receive time of the message being handled, when the socket has them.
+    rx_us: Option<u32>,
     /// Reused for decoding received payloads.
     scratch: Vec<u8>,
     t0: Instant,
@@ -1000,6 +1053,7 @@ impl<'a> Session<'a> {
             record: opts.record_audio,
             keep_log: opts.keep_log,
             tag_call: opts.tag_call,
+            rx_us: None,
             scratch: Vec::new(),
             t0,
             seq: 1,
@@ -1031,6 +1085,8 @@ impl<'a> Session<'a> {
                 received_bytes: 0,
                 marks_echoed_count: 0,
                 downlink_latency_us: Vec::new(),
+                late_ticks: 0,
+                max_tick_lag_us: 0,
             },
             stopped: false,
             queue: VecDeque::new(),
@@ -1052,12 +1108,25 @@ impl<'a> Session<'a> {
         u64::try_from(us * u128::from(SPMS) / 1000).unwrap_or(u64::MAX)
     }
 
+    /// When the message being handled arrived, on the [`Self::now`] clock: its
+    /// kernel receive time if the socket has one, else `now`.
+    fn arrived_at(&self, now: u64) -> u64 {
+        let Some(rx) = self.rx_us else {
+            return now;
+        };
+        let age_us = crate::realtime::probe::now_us().wrapping_sub(rx);
+        if age_us > 60_000_000 {
+            return now; // a clock step, not an age
+        }
+        now.saturating_sub(u64::from(age_us) * SPMS / 1000)
+    }
+
     fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
     }
 
-    async fn flush(&mut self, ws: &mut Ws) -> Result<(), String> {
+    async fn flush<S: CallerIo>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), String> {
         if self.outbox.is_empty() {
             return Ok(());
         }
@@ -1067,7 +1136,7 @@ impl<'a> Session<'a> {
         ws.flush().await.map_err(|e| e.to_string())
     }
 
-    async fn run(&mut self, ws: &mut Ws) -> CallEnd {
+    async fn run<S: CallerIo>(&mut self, ws: &mut WebSocketStream<S>) -> CallEnd {
         self.outbox.push(CONNECTED_MESSAGE.to_string());
         self.outbox.push(start_message(
             &self.report.stream_sid,
@@ -1095,7 +1164,13 @@ impl<'a> Session<'a> {
                     self.hangup(ws).await;
                     return CallEnd::Hangup;
                 }
-                _ = ticker.tick() => {
+                due = ticker.tick() => {
+                    let lag = Instant::now().saturating_duration_since(due);
+                    if lag > Duration::from_millis(LATE_TICK_MS) {
+                        self.report.late_ticks += 1;
+                    }
+                    let lag_us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
+                    self.report.max_tick_lag_us = self.report.max_tick_lag_us.max(lag_us);
                     let now = self.now();
                     self.advance(now);
                     let hangup = self.on_tick(now);
@@ -1120,7 +1195,9 @@ impl<'a> Session<'a> {
                         Some(Ok(Message::Text(t))) => {
                             let now = self.now();
                             self.advance(now);
-                            self.on_server_text(t.as_str(), now);
+                            self.rx_us = ws.get_ref().last_rx_us();
+                            let at = self.arrived_at(now);
+                            self.on_server_text(t.as_str(), at);
                             if let Err(e) = self.flush(ws).await {
                                 return CallEnd::Disconnected(e);
                             }
@@ -1146,7 +1223,7 @@ impl<'a> Session<'a> {
     }
 
     /// After `stop` was sent and flushed: close with 1000 and wait for the server's close.
-    async fn hangup(&mut self, ws: &mut Ws) {
+    async fn hangup<S: CallerIo>(&mut self, ws: &mut WebSocketStream<S>) {
         let _ = self.flush(ws).await;
         let _ = ws
             .close(Some(CloseFrame {
@@ -1444,7 +1521,8 @@ impl<'a> Session<'a> {
         if self.tag_call.is_some()
             && let Some(sent) = crate::realtime::probe::read_downlink_tag(audio)
         {
-            let lat = crate::realtime::probe::now_us().wrapping_sub(sent);
+            let rx = self.rx_us.unwrap_or_else(crate::realtime::probe::now_us);
+            let lat = rx.wrapping_sub(sent);
             self.report.downlink_latency_us.push(lat);
         }
     }
@@ -1458,8 +1536,10 @@ impl<'a> Session<'a> {
             if self.in_burst && now > self.last_audio_end {
                 self.report.underruns += 1;
             }
-            // Idle: marks were already echoed by advance(), so the queue is empty.
-            self.play_pos = now;
+            // Idle: marks were already echoed by advance(), so the queue is empty. With
+            // kernel arrival times, `now` can lie before the end of audio this caller
+            // already played: the new audio follows it.
+            self.play_pos = now.max(self.last_audio_end);
             self.begin_burst(now);
         }
         self.queued_bytes += len as u64;

@@ -8,6 +8,7 @@
 pub mod caller;
 pub mod realtime;
 pub mod sip;
+pub mod stamp;
 pub mod twilio_api;
 pub mod twiml_exec;
 

@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::stamp::{RxStamp as _, StampedTcp};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -220,6 +221,10 @@ pub struct RealtimeSimConfig {
     /// Load-test metrics sink (see [`probe`]). When set, tagged appends are
     /// measured, and the first delta of each response carries a downlink tag.
     pub probe: Option<probe::Probe>,
+    /// Measure an append's arrival by the kernel's receive timestamp of its bytes
+    /// (see [`crate::stamp`]) instead of the time this simulator got to it. Off by
+    /// default.
+    pub kernel_rx_stamps: bool,
 }
 
 impl Default for RealtimeSimConfig {
@@ -255,6 +260,7 @@ impl Default for RealtimeSimConfig {
             keep_events: true,
             faults: SimFaults::default(),
             probe: None,
+            kernel_rx_stamps: false,
         }
     }
 }
@@ -807,6 +813,9 @@ async fn handle_socket(stream: TcpStream, shared: Arc<Shared>, stop: watch::Rece
     let cb = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         check_upgrade(req, api_key.as_deref(), sip.as_deref(), &mut hs).map(|()| resp)
     };
+    let Ok(stream) = StampedTcp::new(stream, shared.cfg.kernel_rx_stamps) else {
+        return;
+    };
     let ws = match tokio::time::timeout(
         Duration::from_secs(10),
         tokio_tungstenite::accept_hdr_async_with_config(stream, cb, Some(crate::ws_config())),
@@ -842,7 +851,7 @@ async fn handle_socket(stream: TcpStream, shared: Arc<Shared>, stop: watch::Rece
     shared.notify(SimNotice::Closed { conn });
 }
 
-async fn reject_beta(mut ws: WebSocketStream<TcpStream>, shared: &Shared, conn: u64) -> String {
+async fn reject_beta(mut ws: WebSocketStream<StampedTcp>, shared: &Shared, conn: u64) -> String {
     let ev = json!({
         "type": "error",
         "event_id": new_id("event_"),
@@ -861,7 +870,7 @@ async fn reject_beta(mut ws: WebSocketStream<TcpStream>, shared: &Shared, conn: 
 }
 
 /// Send a close frame, then wait (briefly) for the client's close.
-async fn close_ws(mut ws: WebSocketStream<TcpStream>, code: u16, reason: &'static str) {
+async fn close_ws(mut ws: WebSocketStream<StampedTcp>, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: reason.into(),
@@ -1639,6 +1648,8 @@ struct Conn {
     up_seq: probe::SeqTracker,
     up_call: Option<u32>,
     untagged_appends: u64,
+    /// Kernel receive time of the message being handled, when the socket has them.
+    rx_us: Option<u32>,
     delta_bytes: u64,
     tagged_responses: u64,
 }
@@ -1721,6 +1732,7 @@ impl Conn {
             up_seq: probe::SeqTracker::default(),
             up_call: None,
             untagged_appends: 0,
+            rx_us: None,
             delta_bytes: 0,
             tagged_responses: 0,
         };
@@ -1797,7 +1809,7 @@ impl Conn {
 
     async fn run(
         mut self,
-        ws: WebSocketStream<TcpStream>,
+        ws: WebSocketStream<StampedTcp>,
         mut stop: watch::Receiver<bool>,
     ) -> String {
         // One socket object, not split halves: reads and writes take turns in this task,
@@ -1862,6 +1874,7 @@ impl Conn {
                         Exit::Close(format!("client closed ({code})"))
                     }
                     Some(Ok(Message::Text(t))) => {
+                        self.rx_us = ws.get_ref().last_rx_us();
                         self.on_text(t.as_str());
                         Exit::Continue
                     }
@@ -2138,7 +2151,10 @@ impl Conn {
             self.untagged_appends += 1;
             return;
         };
-        let latency_us = probe::now_us().wrapping_sub(tag.sent_us);
+        let latency_us = self
+            .rx_us
+            .unwrap_or_else(probe::now_us)
+            .wrapping_sub(tag.sent_us);
         if self.up_call.is_none() {
             self.up_call = Some(tag.call);
             p.emit(&probe::ProbeEvent::Identified {
@@ -3082,9 +3098,9 @@ impl Conn {
 /// Frame tags and the metrics sink used by the load generator.
 ///
 /// Both the caller emulator and the simulator run in the load generator's
-/// process, so they share one clock ([`probe::now_us`]): microseconds since a
-/// process-wide base, as a wrapping `u32` (about 71 minutes before it wraps;
-/// differences are taken with `wrapping_sub`).
+/// process, so they share one clock ([`probe::now_us`]): Unix-time microseconds, the
+/// clock of the kernel's receive timestamps, as a wrapping `u32` (differences are
+/// taken with `wrapping_sub`; one wraps after about 71 minutes).
 ///
 /// * **Uplink tag** ([`probe::UPLINK_TAG_LEN`] = 22 bytes at the start of a
 ///   160-byte caller frame): a 2-byte magic, then the call index (24 bits),
@@ -3097,23 +3113,22 @@ impl Conn {
 ///   delta of each response, which the bridge relays as the first 160-byte
 ///   Twilio frame of the burst.
 pub mod probe {
-    use std::sync::{Arc, OnceLock};
-    use std::time::Instant;
+    use std::sync::Arc;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
-    /// The process-wide clock base of the tags.
-    pub fn clock_base() -> Instant {
-        static BASE: OnceLock<Instant> = OnceLock::new();
-        *BASE.get_or_init(Instant::now)
+    /// Microseconds of the Unix time `secs`.`nanos` (wrapping): the clock of the tags
+    /// and of the kernel's receive timestamps (`SO_TIMESTAMPNS`, see [`crate::stamp`]).
+    pub fn us_of(secs: u64, nanos: u32) -> u32 {
+        secs.wrapping_mul(1_000_000)
+            .wrapping_add(u64::from(nanos / 1000)) as u32
     }
 
-    /// Microseconds since [`clock_base`] at `t` (wrapping).
-    pub fn us_at(t: Instant) -> u32 {
-        t.saturating_duration_since(clock_base()).as_micros() as u32
-    }
-
-    /// Microseconds since [`clock_base`], now (wrapping).
+    /// [`us_of`] now.
     pub fn now_us() -> u32 {
-        us_at(Instant::now())
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        us_of(d.as_secs(), d.subsec_nanos())
     }
 
     /// First bytes of an uplink tag (both low-level µ-law codes).
@@ -3217,7 +3232,7 @@ pub mod probe {
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum ProbeEvent {
         /// A `session.updated` was sent on connection `conn`.
-        SessionUpdated { conn: u64, at: Instant },
+        SessionUpdated { conn: u64, at: std::time::Instant },
         /// The first tagged append of connection `conn` named this call.
         Identified { conn: u64, call: u32 },
         /// A tagged `input_audio_buffer.append` arrived.

@@ -36,4 +36,7 @@ async fn smoke_twenty_calls_lose_nothing() {
     assert!(table.contains("| 20 |"));
     let json = serde_json::to_value(&report).expect("serialises");
     assert_eq!(json["steps"][0]["calls"], 20);
+    // Arrivals come from the kernel's receive timestamps by default.
+    assert_eq!(json["rx_clock"], "kernel");
+    assert!(json["steps"][0]["loadgen_late_tick_pct"].is_number());
 }
