@@ -929,7 +929,7 @@ async fn connect_plain(
     let port = req.uri().port_u16().unwrap_or(80);
     let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;
     tcp.set_nodelay(true)?;
-    let tcp = StampedTcp::new(tcp, stamps)?;
+    let tcp = StampedTcp::new(tcp, stamps);
     let (ws, _resp) =
         tokio_tungstenite::client_async_with_config(req, tcp, Some(crate::ws_config())).await?;
     Ok(ws)

@@ -813,9 +813,7 @@ async fn handle_socket(stream: TcpStream, shared: Arc<Shared>, stop: watch::Rece
     let cb = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         check_upgrade(req, api_key.as_deref(), sip.as_deref(), &mut hs).map(|()| resp)
     };
-    let Ok(stream) = StampedTcp::new(stream, shared.cfg.kernel_rx_stamps) else {
-        return;
-    };
+    let stream = StampedTcp::new(stream, shared.cfg.kernel_rx_stamps);
     let ws = match tokio::time::timeout(
         Duration::from_secs(10),
         tokio_tungstenite::accept_hdr_async_with_config(stream, cb, Some(crate::ws_config())),

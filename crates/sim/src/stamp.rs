@@ -39,19 +39,26 @@ pub trait RxStamp {
 }
 
 impl StampedTcp {
-    /// Wrap a connected stream; `stamps` asks the kernel for receive timestamps.
-    pub fn new(io: TcpStream, stamps: bool) -> io::Result<Self> {
-        let cmsg = if stamps {
-            setsockopt(&io, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
-            Some(nix::cmsg_space!(TimeSpec))
-        } else {
-            None
+    /// Wrap a connected stream; `stamps` asks the kernel for receive timestamps. A
+    /// kernel that refuses them leaves a plain stream (arrivals then fall back to the
+    /// reader's clock), never a failed connection.
+    pub fn new(io: TcpStream, stamps: bool) -> Self {
+        let cmsg = match stamps.then(|| setsockopt(&io, sockopt::ReceiveTimestampns, &true)) {
+            Some(Ok(())) => Some(nix::cmsg_space!(TimeSpec)),
+            Some(Err(e)) => {
+                static ONCE: std::sync::Once = std::sync::Once::new();
+                ONCE.call_once(|| {
+                    tracing::warn!(error = %e, "SO_TIMESTAMPNS refused: arrivals fall back to read time");
+                });
+                None
+            }
+            None => None,
         };
-        Ok(StampedTcp {
+        StampedTcp {
             io,
             cmsg,
             last_rx_us: None,
-        })
+        }
     }
 }
 
@@ -165,10 +172,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("io");
         let addr = l.local_addr().expect("io");
         let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
-        (
-            StampedTcp::new(s.expect("io").0, stamps).expect("io"),
-            c.expect("io"),
-        )
+        (StampedTcp::new(s.expect("io").0, stamps), c.expect("io"))
     }
 
     #[tokio::test]
