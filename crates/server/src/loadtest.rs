@@ -28,6 +28,11 @@
 //!   per call, after hang-up;
 //! * late frames: the caller's underruns (a frame arriving after its
 //!   playback deadline inside a burst);
+//! * "arriving" is when the kernel received a message's bytes (`SO_TIMESTAMPNS`,
+//!   [`voxbridge_sim::stamp`]), so the load generator's own backlog is not the
+//!   bridge's latency; `--read-clock` takes the time the message was read instead;
+//! * the load generator's punctuality: caller ticks served > 5 ms late (its frames
+//!   then reach the bridge in bunches);
 //! * CPU and RSS from `/proc`; pre-connect: voice webhook POST ->
 //!   `session.updated` sent by the model.
 
