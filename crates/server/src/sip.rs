@@ -39,7 +39,7 @@ pub struct Seen {
 }
 
 impl Seen {
-    /// True the first time `key` is seen (within [`DEDUPE_TTL`]).
+    /// True the first time `key` is seen (within `DEDUPE_TTL`, 15 min).
     pub fn first(&self, key: &str) -> bool {
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();

@@ -175,7 +175,7 @@ impl AgentRegistry {
         changed.then(|| self.reload())
     }
 
-    /// Poll for changes every [`POLL_INTERVAL`] and reload on SIGHUP (unix)
+    /// Poll for changes every `POLL_INTERVAL` (2 s) and reload on SIGHUP (unix)
     /// until `stop`. File system work runs on the blocking pool.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(POLL_INTERVAL);
