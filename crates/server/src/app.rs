@@ -502,9 +502,12 @@ async fn voice(
         ));
     }
     let param = |name: &str| form_value(&params, name).unwrap_or_default().to_owned();
-    // Outbound calls carry our call id; inbound calls get one now.
+    let call_sid = param("CallSid");
+    // Outbound calls carry our call id; inbound calls get one now. What must be
+    // written to the store is only collected here: the model socket starts opening
+    // first, and the writes overlap with its connect.
     let outbound_id = query_value(&uri, "call_id");
-    let (call_id, settings) = match (&outbound_id, &state.store) {
+    let (call_id, settings, new_call, set_sid) = match (&outbound_id, &state.store) {
         (Some(id), Some(store)) => {
             let call = store.get_call(id).await?.ok_or_else(|| {
                 ApiError::new(
@@ -513,45 +516,48 @@ async fn voice(
                     format!("no call {id:?}"),
                 )
             })?;
-            if call.twilio_call_sid.is_none() && !param("CallSid").is_empty() {
-                store.set_twilio_sid(id, &param("CallSid")).await?;
-            }
+            let set_sid = call.twilio_call_sid.is_none() && !call_sid.is_empty();
             let settings = settings_for_record(&state, &call).map_err(|e| render_failed(id, &e))?;
-            (id.clone(), Arc::new(settings))
+            (id.clone(), Arc::new(settings), None, set_sid)
         }
         _ => {
             let id = uuid::Uuid::now_v7().to_string();
             let to = param("To");
             let agent = state.agents.for_number(&to);
-            if let Some(store) = &state.store {
-                let now = token::now_ms() as i64;
-                store
-                    .create_call(&voxbridge_store::NewCall {
-                        id: id.clone(),
-                        direction: "inbound".into(),
-                        from_number: param("From"),
-                        to_number: to.clone(),
-                        agent: agent.name.clone(),
-                        task: None,
-                        status: "in-progress".into(),
-                        api_key_id: None,
-                        idempotency_key: None,
-                        created_at_ms: now,
-                    })
-                    .await?;
-                if !param("CallSid").is_empty() {
-                    store.set_twilio_sid(&id, &param("CallSid")).await?;
-                }
-            }
             let settings = settings_for(&state.config, &agent, None, None, None)
                 .map_err(|e| render_failed(&id, &e))?;
-            (id, Arc::new(settings))
+            let new_call = voxbridge_store::NewCall {
+                id: id.clone(),
+                direction: "inbound".into(),
+                from_number: param("From"),
+                to_number: to,
+                agent: agent.name.clone(),
+                task: None,
+                status: "in-progress".into(),
+                api_key_id: None,
+                idempotency_key: None,
+                created_at_ms: token::now_ms() as i64,
+            };
+            (id, Arc::new(settings), Some(new_call), !call_sid.is_empty())
         }
     };
-    let stream_token = token::stream_token(&state.stream_secret, &call_id, token::now_ms());
 
-    // Pre-connect the model, keyed by our call id.
+    // Pre-connect the model, keyed by our call id. If a store write below fails, the
+    // receiver is dropped and the socket closes as soon as it is open.
     let (tx, rx) = oneshot::channel();
+    let opener = provider.open_media_session(settings.clone());
+    tokio::spawn(async move {
+        let _ = tx.send(opener.await);
+    });
+    if let Some(store) = &state.store {
+        if let Some(new_call) = &new_call {
+            store.create_call(new_call).await?;
+        }
+        if set_sid {
+            store.set_twilio_sid(&call_id, &call_sid).await?;
+        }
+    }
+    let stream_token = token::stream_token(&state.stream_secret, &call_id, token::now_ms());
     state.preconnected().insert(
         call_id.clone(),
         Preconnected {
@@ -560,10 +566,6 @@ async fn voice(
         },
     );
     state.active_calls.fetch_add(1, Ordering::Relaxed);
-    let opener = provider.open_media_session(settings.clone());
-    tokio::spawn(async move {
-        let _ = tx.send(opener.await);
-    });
     let expiry_state = state.clone();
     let expiry_id = call_id.clone();
     tokio::spawn(async move {
