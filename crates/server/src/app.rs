@@ -584,7 +584,7 @@ async fn voice(
             to: param("To"),
         },
     );
-    info!(%call_id, call_sid = %param("CallSid"), from = %param("From"), to = %param("To"), "voice webhook answered");
+    info!(%call_id, %call_sid, from = %param("From"), to = %param("To"), "voice webhook answered");
     let twiml = ConnectStream {
         url: state.config.stream_url(),
         parameters: vec![("call_id".into(), call_id), ("token".into(), stream_token)],

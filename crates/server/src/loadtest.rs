@@ -83,6 +83,18 @@ pub struct Target {
     pub server_pid: Option<u32>,
 }
 
+/// When a frame "arrives" at an emulator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RxClock {
+    /// When the kernel received its bytes (`SO_TIMESTAMPNS`), so the load generator's
+    /// own queue near saturation is not counted as the bridge's latency.
+    #[default]
+    Kernel,
+    /// When the load generator read it (the method before 2026-11-22).
+    Read,
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct LoadtestOptions {
@@ -102,11 +114,8 @@ pub struct LoadtestOptions {
     pub stop_on_fail: bool,
     /// Progress on stderr.
     pub progress: bool,
-    /// A frame "arrives" at an emulator when the kernel received its bytes
-    /// (`SO_TIMESTAMPNS`), not when the load generator got around to reading it, so
-    /// the load generator's own queue near saturation is not counted as the bridge's
-    /// latency. False: the read time (the method before 2026-11-22).
-    pub kernel_rx_clock: bool,
+    /// When a frame "arrives" at an emulator (see [`RxClock`]).
+    pub rx_clock: RxClock,
 }
 
 impl Default for LoadtestOptions {
@@ -120,7 +129,7 @@ impl Default for LoadtestOptions {
             check_latency: true,
             stop_on_fail: true,
             progress: true,
-            kernel_rx_clock: true,
+            rx_clock: RxClock::Kernel,
         }
     }
 }
@@ -230,9 +239,8 @@ pub struct StepReport {
 pub struct LoadReport {
     /// `in-process` or `target <url>`.
     pub mode: String,
-    /// When a frame counts as received: `kernel` (its bytes' receive timestamp) or
-    /// `read` (when the load generator read it).
-    pub rx_clock: String,
+    /// When a frame counted as received.
+    pub rx_clock: RxClock,
     pub note: String,
     pub server_pid: Option<u32>,
     pub loadgen_pid: u32,
@@ -708,7 +716,7 @@ pub async fn run(opts: LoadtestOptions) -> anyhow::Result<LoadReport> {
         replies: sim_replies(),
         keep_events: false,
         probe: Some(Probe::new(move |ev| probe_meter.on_event(ev))),
-        kernel_rx_stamps: opts.kernel_rx_clock,
+        kernel_rx_stamps: opts.rx_clock == RxClock::Kernel,
         ..RealtimeSimConfig::default()
     };
     let (sim, in_process, endpoint, server, mode) = match &opts.target {
@@ -765,7 +773,7 @@ server CPU counts the server runtime's threads (vb-server), loadgen CPU the rest
             ServerProc::External(Some(_)) => "server CPU and RSS from /proc/<server-pid>, loadgen CPU from /proc/self".to_owned(),
         },
         mode,
-        rx_clock: if opts.kernel_rx_clock { "kernel" } else { "read" }.to_owned(),
+        rx_clock: opts.rx_clock,
         server_pid: match server {
             ServerProc::InProcess => Some(std::process::id()),
             ServerProc::External(p) => p,
@@ -859,7 +867,7 @@ async fn run_step(ctx: &mut Ctx, opts: &LoadtestOptions, n: usize) -> StepReport
         let start_at = t0 + opts.ramp_up.mul_f64(i as f64 / n as f64);
         let ep = ctx.endpoint.clone();
         let hang = hang_rx.clone();
-        let kernel_rx_clock = opts.kernel_rx_clock;
+        let kernel_rx_stamps = opts.rx_clock == RxClock::Kernel;
         set.spawn(async move {
             tokio::time::sleep_until(start_at).await;
             let total = hold_end.saturating_duration_since(tokio::time::Instant::now());
@@ -879,7 +887,7 @@ async fn run_step(ctx: &mut Ctx, opts: &LoadtestOptions, n: usize) -> StepReport
                 keep_log: false,
                 tag_call: Some(call),
                 safety_timeout: Some(total + Duration::from_secs(30)),
-                kernel_rx_stamps: kernel_rx_clock,
+                kernel_rx_stamps,
             };
             let webhook_at = Instant::now();
             let result = caller::run_call_with(cfg, run_opts)
@@ -1216,10 +1224,9 @@ pub fn markdown(r: &LoadReport) -> String {
     let _ = writeln!(
         out,
         "Arrival time of a frame at the emulators: {}.",
-        if r.rx_clock == "kernel" {
-            "the kernel's receive timestamp of its bytes"
-        } else {
-            "when the load generator read it"
+        match r.rx_clock {
+            RxClock::Kernel => "the kernel's receive timestamp of its bytes",
+            RxClock::Read => "when the load generator read it",
         }
     );
     for s in r.steps.iter().filter(|s| !s.errors.is_empty()) {

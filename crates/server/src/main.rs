@@ -234,7 +234,9 @@ fn main() -> anyhow::Result<()> {
                     }
                 };
                 opts.stop_on_fail = !no_stop;
-                opts.kernel_rx_clock = !read_clock;
+                if read_clock {
+                    opts.rx_clock = loadtest::RxClock::Read;
+                }
                 if let Some(base) = target {
                     let auth_token = auth_token
                         .context("--target needs --auth-token (the server's TWILIO_AUTH_TOKEN)")?;

@@ -49,8 +49,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -1102,9 +1101,12 @@ impl<'a> Session<'a> {
     }
 
     fn now(&self) -> u64 {
-        let us = Instant::now()
-            .saturating_duration_since(self.t0)
-            .as_micros();
+        self.samples_at(Instant::now())
+    }
+
+    /// `t` in µ-law samples since the stream started.
+    fn samples_at(&self, t: Instant) -> u64 {
+        let us = t.saturating_duration_since(self.t0).as_micros();
         u64::try_from(us * u128::from(SPMS) / 1000).unwrap_or(u64::MAX)
     }
 
@@ -1165,13 +1167,14 @@ impl<'a> Session<'a> {
                     return CallEnd::Hangup;
                 }
                 due = ticker.tick() => {
-                    let lag = Instant::now().saturating_duration_since(due);
+                    let at = Instant::now();
+                    let lag = at.saturating_duration_since(due);
                     if lag > Duration::from_millis(LATE_TICK_MS) {
                         self.report.late_ticks += 1;
                     }
                     let lag_us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
                     self.report.max_tick_lag_us = self.report.max_tick_lag_us.max(lag_us);
-                    let now = self.now();
+                    let now = self.samples_at(at);
                     self.advance(now);
                     let hangup = self.on_tick(now);
                     if let Err(e) = self.flush(ws).await {
