@@ -471,6 +471,7 @@ pub async fn create_call(
         status: "queued".into(),
         api_key_id: Some(key.id.clone()),
         idempotency_key: idem.clone(),
+        twilio_call_sid: None,
         created_at_ms: crate::token::now_ms() as i64,
     };
     let record = match store.create_call(&new).await {

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -58,6 +58,8 @@ pub struct App {
     /// Model sockets opened while answering the voice webhook, waiting for
     /// their media socket, by call id.
     preconnected: Mutex<HashMap<String, Preconnected>>,
+    /// Numbers the pre-connects (`Preconnected::seq`).
+    preconnect_seq: AtomicU64,
     /// Call ids whose media socket was accepted, with when: a call id is
     /// claimed once (a replayed `start` is refused). Pruned after the token TTL.
     claimed: Mutex<HashMap<String, std::time::Instant>>,
@@ -87,6 +89,9 @@ pub struct App {
 struct Preconnected {
     model: oneshot::Receiver<Result<ModelLink, String>>,
     settings: Arc<CallSettings>,
+    /// Which answer of the webhook opened it: a repeated webhook replaces the entry, and
+    /// the first answer's expiry must then leave the second one alone.
+    seq: u64,
 }
 
 /// An HTTP error as `{"error": …, "code": …}`.
@@ -180,6 +185,7 @@ impl App {
             limiter: governor::RateLimiter::keyed(quota),
             stream_secret,
             preconnected: Mutex::new(HashMap::new()),
+            preconnect_seq: AtomicU64::new(0),
             claimed: Mutex::new(HashMap::new()),
             active_calls: AtomicUsize::new(0),
             node_id,
@@ -219,6 +225,24 @@ impl App {
     /// Calls in progress on this node.
     pub fn active_calls(&self) -> usize {
         self.active_calls.load(Ordering::Relaxed)
+    }
+
+    /// Whether a media socket for `call_id` was accepted on this node (within the token
+    /// TTL) or its session is running here.
+    fn streaming_here(&self, call_id: &str) -> bool {
+        let ttl = Duration::from_millis(self.config.preconnect_ttl_ms);
+        let claimed = self
+            .claimed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(call_id)
+            .is_some_and(|at| at.elapsed() <= ttl);
+        claimed
+            || self
+                .live
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains_key(call_id)
     }
 
     /// Claim `call_id` for a media socket; false if it was claimed before.
@@ -480,6 +504,11 @@ fn check_signature(
 
 /// `POST /twilio/voice`: answer with TwiML that opens a bidirectional
 /// Media Stream, and start opening the model socket right away.
+///
+/// An inbound call's row is written with its CallSid in one insert. The same CallSid
+/// again (Twilio retries a webhook whose answer did not arrive) answers the same call
+/// again, with a fresh pre-connect in place of the first, until its stream has started;
+/// then it is 409 `CALL_EXISTS`.
 async fn voice(
     State(state): State<AppState>,
     uri: axum::http::Uri,
@@ -536,9 +565,10 @@ async fn voice(
                 status: "in-progress".into(),
                 api_key_id: None,
                 idempotency_key: None,
+                twilio_call_sid: (!call_sid.is_empty()).then(|| call_sid.clone()),
                 created_at_ms: token::now_ms() as i64,
             };
-            (id, Arc::new(settings), Some(new_call), !call_sid.is_empty())
+            (id, Arc::new(settings), Some(new_call), false)
         }
     };
 
@@ -549,41 +579,70 @@ async fn voice(
     tokio::spawn(async move {
         let _ = tx.send(opener.await);
     });
+    let mut call_id = call_id;
+    let mut repeated = false;
     if let Some(store) = &state.store {
         if let Some(new_call) = &new_call {
-            store.create_call(new_call).await?;
+            match store.create_call(new_call).await {
+                Ok(_) => {}
+                // The CallSid is another call's: a repeated webhook (Twilio retries when
+                // our answer did not reach it in time) answers that call again.
+                Err(voxbridge_store::StoreError::Conflict(why))
+                    if new_call.twilio_call_sid.is_some() =>
+                {
+                    call_id = repeated_inbound(&state, store, &call_sid, why).await?;
+                    repeated = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         if set_sid {
             store.set_twilio_sid(&call_id, &call_sid).await?;
         }
     }
     let stream_token = token::stream_token(&state.stream_secret, &call_id, token::now_ms());
-    state.preconnected().insert(
+    let seq = state.preconnect_seq.fetch_add(1, Ordering::Relaxed);
+    let replaced = state.preconnected().insert(
         call_id.clone(),
         Preconnected {
             model: rx,
             settings: settings.clone(),
+            seq,
         },
     );
-    state.active_calls.fetch_add(1, Ordering::Relaxed);
+    // A repeated webhook's pre-connect takes the place of the first one (whose socket
+    // closes as its receiver drops here) and its place in the count.
+    if replaced.is_none() {
+        state.active_calls.fetch_add(1, Ordering::Relaxed);
+    }
     let expiry_state = state.clone();
     let expiry_id = call_id.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(expiry_state.config.preconnect_ttl_ms)).await;
-        if expiry_state.preconnected().remove(&expiry_id).is_some() {
+        let expired = {
+            let mut map = expiry_state.preconnected();
+            if map.get(&expiry_id).is_some_and(|p| p.seq == seq) {
+                map.remove(&expiry_id)
+            } else {
+                None
+            }
+        };
+        if expired.is_some() {
             // Nobody claimed it: dropping the receiver closes the socket.
             expiry_state.active_calls.fetch_sub(1, Ordering::Relaxed);
             warn!(call_id = %expiry_id, "pre-connected model socket expired unused");
         }
     });
 
-    state.hub.publish(
-        &call_id,
-        CallEventKind::Answered {
-            from: param("From"),
-            to: param("To"),
-        },
-    );
+    if !repeated {
+        state.hub.publish(
+            &call_id,
+            CallEventKind::Answered {
+                from: param("From"),
+                to: param("To"),
+            },
+        );
+    }
     info!(%call_id, %call_sid, from = %param("From"), to = %param("To"), "voice webhook answered");
     let twiml = ConnectStream {
         url: state.config.stream_url(),
@@ -593,6 +652,39 @@ async fn voice(
     }
     .to_xml();
     Ok(([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], twiml).into_response())
+}
+
+/// The call a repeated inbound voice webhook belongs to (found by its CallSid), if it
+/// can be answered again: inbound, not ended, and no media stream started for it here
+/// or, by its stored StreamSid, on another node. Otherwise 409 `CALL_EXISTS`.
+/// `conflict` is the insert's error, kept for the case where no call has the CallSid
+/// (the row was deleted in between).
+async fn repeated_inbound(
+    state: &AppState,
+    store: &voxbridge_store::Store,
+    call_sid: &str,
+    conflict: String,
+) -> Result<String, ApiError> {
+    let Some(call) = store.call_by_twilio_sid(call_sid).await? else {
+        return Err(ApiError::new(StatusCode::CONFLICT, "CONFLICT", conflict));
+    };
+    let answerable = call.direction == "inbound"
+        && call.ended_at_ms.is_none()
+        && !voxbridge_store::is_terminal_status(&call.status)
+        && call.stream_sid.is_none()
+        && !state.streaming_here(&call.id);
+    if !answerable {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CALL_EXISTS",
+            format!(
+                "CallSid {call_sid} is call {}, which is already streaming or has ended",
+                call.id
+            ),
+        ));
+    }
+    info!(call_id = %call.id, %call_sid, "repeated voice webhook: answering the same call again");
+    Ok(call.id)
 }
 
 /// `GET /twilio/media`: the Media Stream WebSocket.

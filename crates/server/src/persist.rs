@@ -226,6 +226,7 @@ mod tests {
                 status: "in_progress".into(),
                 api_key_id: None,
                 idempotency_key: None,
+                twilio_call_sid: None,
                 created_at_ms: 1,
             })
             .await

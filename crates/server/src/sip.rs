@@ -227,6 +227,7 @@ async fn incoming(
             status: "in-progress".into(),
             api_key_id: None,
             idempotency_key: None,
+            twilio_call_sid: None,
             created_at_ms,
         };
         if let Err(e) = store.create_call(&new).await {

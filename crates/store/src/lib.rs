@@ -96,6 +96,10 @@ pub struct NewCall {
     pub status: String,
     pub api_key_id: Option<String>,
     pub idempotency_key: Option<String>,
+    /// Twilio's CallSid when it is known at creation (an inbound call's webhook). Written
+    /// in the same insert, so a repeated webhook for the same CallSid is a `Conflict`
+    /// instead of a second row.
+    pub twilio_call_sid: Option<String>,
     pub created_at_ms: i64,
 }
 
@@ -611,8 +615,8 @@ impl Store {
         }])?;
         const SQL: &str = concat!(
             "INSERT INTO calls (id, direction, from_number, to_number, agent, task, status, \
-             status_history, api_key_id, idempotency_key, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ",
+             status_history, api_key_id, idempotency_key, twilio_call_sid, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ",
             call_cols!()
         );
         let res = with_pool!(self, p => sqlx::query_as::<_, CallRow>(SQL)
@@ -626,17 +630,24 @@ impl Store {
             .bind(&history)
             .bind(&new.api_key_id)
             .bind(&new.idempotency_key)
+            .bind(&new.twilio_call_sid)
             .bind(new.created_at_ms)
             .fetch_one(p)
             .await);
         match res {
             Ok(row) => row.try_into(),
             Err(e) if is_unique_violation(&e) => {
+                // SQLite names the column, PostgreSQL the constraint: both contain these.
                 let msg = e.to_string();
                 if msg.contains("idempotency") {
                     Err(StoreError::Conflict(
                         "idempotency key already used for this API key".into(),
                     ))
+                } else if msg.contains("twilio_call_sid") {
+                    Err(StoreError::Conflict(format!(
+                        "Twilio call sid {} belongs to another call",
+                        new.twilio_call_sid.as_deref().unwrap_or_default()
+                    )))
                 } else {
                     Err(StoreError::Conflict(format!(
                         "call {} already exists",

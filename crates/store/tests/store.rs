@@ -179,6 +179,7 @@ fn new_call(id: &str, created_at_ms: i64) -> NewCall {
         status: "queued".to_owned(),
         api_key_id: None,
         idempotency_key: None,
+        twilio_call_sid: None,
         created_at_ms,
     }
 }
@@ -295,6 +296,29 @@ async fn twilio_and_stream_sids(db: TestDb) -> TestResult {
         s.set_twilio_sid(&b, "CA123").await,
         Err(StoreError::Conflict(_))
     ));
+    // Known at creation (an inbound webhook): written by the insert, and a second call
+    // with the same sid is a Conflict that names the sid, with no row written.
+    let c = call_id();
+    let created = s
+        .create_call(&NewCall {
+            twilio_call_sid: Some("CA777".into()),
+            ..new_call(&c, 3)
+        })
+        .await?;
+    assert_eq!(created.twilio_call_sid.as_deref(), Some("CA777"));
+    assert_eq!(s.call_by_twilio_sid("CA777").await?.map(|r| r.id), Some(c));
+    let d = call_id();
+    match s
+        .create_call(&NewCall {
+            twilio_call_sid: Some("CA777".into()),
+            ..new_call(&d, 4)
+        })
+        .await
+    {
+        Err(StoreError::Conflict(msg)) => assert!(msg.contains("CA777"), "{msg}"),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    assert!(s.get_call(&d).await?.is_none());
     Ok(())
 }
 

@@ -192,14 +192,7 @@ async fn the_model_is_connected_while_the_webhook_is_answered() {
     );
     assert_eq!(app.sim.connections().len(), 1);
     // Nobody claims it: it is closed after the TTL.
-    assert!(
-        eventually(Duration::from_secs(3), || app
-            .sim
-            .connections()
-            .iter()
-            .all(|c| c.closed_at.is_some()))
-        .await
-    );
+    assert!(model_sockets_close(&app).await);
     assert_eq!(app.state.active_calls(), 0);
 }
 

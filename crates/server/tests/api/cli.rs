@@ -69,6 +69,7 @@ async fn migrate_keys_and_calls_commands() {
             status: "completed".into(),
             api_key_id: None,
             idempotency_key: None,
+            twilio_call_sid: None,
             created_at_ms: 1_700_000_000_000,
         })
         .await

@@ -155,6 +155,14 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
 
 /// Append every client event the simulator received to the conformance
 /// file, when the test script asks for it (`VOXBRIDGE_CONFORMANCE_DIR`).
+/// Whether every model socket the simulator accepted is closed within 3 s.
+pub async fn model_sockets_close(app: &TestApp) -> bool {
+    eventually(Duration::from_secs(3), || {
+        app.sim.connections().iter().all(|c| c.closed_at.is_some())
+    })
+    .await
+}
+
 pub fn export_client_events(sim: &RealtimeSim) {
     let Ok(dir) = std::env::var("VOXBRIDGE_CONFORMANCE_DIR") else {
         return;

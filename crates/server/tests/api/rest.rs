@@ -8,6 +8,23 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use voxbridge_sim::twilio_api::{Outcome, TwilioEmulatorConfig};
 
+/// An outbound call waiting to be dialled, written straight to the store.
+fn queued_outbound(id: &str) -> voxbridge_store::NewCall {
+    voxbridge_store::NewCall {
+        id: id.into(),
+        direction: "outbound".into(),
+        from_number: FROM_NUMBER.into(),
+        to_number: "+14155550100".into(),
+        agent: "default".into(),
+        task: None,
+        status: "queued".into(),
+        api_key_id: None,
+        idempotency_key: None,
+        twilio_call_sid: None,
+        created_at_ms: 1,
+    }
+}
+
 fn emulator() -> TwilioEmulatorConfig {
     TwilioEmulatorConfig {
         default_script: callee_script(),
@@ -335,6 +352,162 @@ async fn inbound_calls_are_recorded_with_their_transcript() {
     );
 }
 
+/// Twilio retries a voice webhook whose answer did not reach it in time. A repeated
+/// webhook for a CallSid we answered gets the same call again (one row, one model socket
+/// in use and counted once), until its stream has started; after that it is refused. A
+/// refused webhook leaves no model socket open and no call counted, even though the
+/// model connect starts before the store writes.
+async fn repeated_voice_webhooks(backend: Backend) {
+    use voxbridge_sim::caller::{fetch_twiml, run_call};
+    let full = spawn_full(backend, emulator(), &[]).await;
+    let app = &full.app;
+    let cfg = app.caller(callee_script());
+    let call_id_of = |p: &[(String, String)]| {
+        p.iter()
+            .find(|(k, _)| k == "call_id")
+            .map(|(_, v)| v.clone())
+            .expect("call_id parameter")
+    };
+    let (_, _, first) = fetch_twiml(&cfg).await.expect("first answer");
+    let (_, _, second) = fetch_twiml(&cfg)
+        .await
+        .expect("a repeated webhook is answered");
+    let id = call_id_of(&first);
+    assert_eq!(call_id_of(&second), id, "the same call is answered again");
+    let inbound = || async {
+        let list: Value = full
+            .get("/v1/calls?direction=inbound")
+            .await
+            .json()
+            .await
+            .expect("json");
+        list["calls"].as_array().cloned().unwrap_or_default()
+    };
+    let calls = inbound().await;
+    assert_eq!(calls.len(), 1, "one row for one CallSid: {calls:?}");
+    assert_eq!(calls[0]["twilio_call_sid"], cfg.call_sid.as_str());
+    assert_eq!(
+        app.state.active_calls(),
+        1,
+        "the second pre-connect replaces the first"
+    );
+    // The first answer's model socket is closed; the second one's stays open for the stream.
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let c = app.sim.connections();
+            c.len() == 2 && c[0].closed_at.is_some() && c[1].closed_at.is_none()
+        })
+        .await,
+        "{:?}",
+        app.sim.connections()
+    );
+
+    // Twilio runs the call (its webhook is answered a third time, then it streams).
+    let report = run_call(cfg.clone()).await.expect("call");
+    assert_eq!(report.end, voxbridge_sim::caller::CallEnd::Hangup);
+    let ended = full.wait_terminal(&id, Duration::from_secs(10)).await;
+    assert!(ended["end_reason"].is_string(), "{ended}");
+    assert_eq!(inbound().await.len(), 1);
+
+    // Once the stream has run, the same CallSid is refused, and the model socket that
+    // was opening meanwhile is closed.
+    let refused = refused_webhook(app, &cfg).await;
+    assert_eq!(refused["code"], "CALL_EXISTS", "{refused}");
+    assert!(
+        refused["error"].as_str().is_some_and(|e| e.contains(&id)),
+        "{refused}"
+    );
+
+    // An outbound call whose webhook carries a CallSid that is already another
+    // call's: the CallSid write fails after the model connect has started.
+    let out_id = "0190aaaa-0000-7000-8000-0000000000bb";
+    full.store
+        .create_call(&queued_outbound(out_id))
+        .await
+        .expect("outbound call");
+    let outbound = voxbridge_sim::caller::CallerConfig {
+        voice_url: format!("{}?call_id={out_id}", cfg.voice_url),
+        direction: "outbound-api".into(),
+        ..cfg.clone()
+    };
+    assert_eq!(refused_webhook(app, &outbound).await["code"], "CONFLICT");
+    let out = full
+        .store
+        .get_call(out_id)
+        .await
+        .expect("get")
+        .expect("call");
+    assert_eq!(out.twilio_call_sid, None, "the outbound call kept no sid");
+}
+
+/// The first answer's expiry leaves a repeated webhook's pre-connect alone: it expires
+/// a full TTL after the second answer, not the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_answer_keeps_its_own_preconnect_ttl() {
+    let full = spawn_full(
+        Backend::Sqlite,
+        emulator(),
+        &[("PRECONNECT_TTL_MS", "2000")],
+    )
+    .await;
+    let app = &full.app;
+    let cfg = app.caller(vec![]);
+    let t0 = tokio::time::Instant::now();
+    voxbridge_sim::caller::fetch_twiml(&cfg)
+        .await
+        .expect("first answer");
+    tokio::time::sleep_until(t0 + Duration::from_millis(1000)).await;
+    voxbridge_sim::caller::fetch_twiml(&cfg)
+        .await
+        .expect("second answer");
+    // The first answer's TTL has passed (2.0 s), the second's has not (3.0 s).
+    tokio::time::sleep_until(t0 + Duration::from_millis(2500)).await;
+    let conns = app.sim.connections();
+    assert!(
+        conns.len() == 2 && conns[1].closed_at.is_none(),
+        "the second pre-connect was expired by the first one's timer: {conns:?}"
+    );
+    assert_eq!(app.state.active_calls(), 1);
+    assert!(model_sockets_close(app).await);
+    assert_eq!(app.state.active_calls(), 0);
+}
+
+/// Post the voice webhook of `cfg`, expect 409 and return its JSON error; then expect
+/// the model socket its pre-connect opened to be closed and no call counted.
+async fn refused_webhook(app: &TestApp, cfg: &voxbridge_sim::caller::CallerConfig) -> Value {
+    let before = app.sim.connections().len();
+    let error = match voxbridge_sim::caller::fetch_twiml(cfg).await {
+        Err(voxbridge_sim::caller::CallerError::HttpStatus { status: 409, body }) => {
+            serde_json::from_str(&body).expect("JSON error")
+        }
+        other => panic!("expected 409, got {other:?}"),
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let c = app.sim.connections();
+            c.len() == before + 1 && c.iter().all(|c| c.closed_at.is_some())
+        })
+        .await,
+        "a refused webhook left a model socket open: {:?}",
+        app.sim.connections()
+    );
+    assert_eq!(app.state.active_calls(), 0);
+    error
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_voice_webhooks_on_sqlite() {
+    repeated_voice_webhooks(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_voice_webhooks_on_postgres() {
+    if skip_without_postgres() {
+        return;
+    }
+    repeated_voice_webhooks(Backend::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors_and_write_nothing() {
     let full = spawn_full(Backend::Sqlite, emulator(), &[("MAX_BODY_BYTES", "2048")]).await;
@@ -570,18 +743,7 @@ async fn webhooks_accept_what_the_official_twilio_package_signs() {
     let full = spawn_full(Backend::Sqlite, emulator(), &[]).await;
     let id = "0190aaaa-0000-7000-8000-0000000000aa";
     full.store
-        .create_call(&voxbridge_store::NewCall {
-            id: id.into(),
-            direction: "outbound".into(),
-            from_number: FROM_NUMBER.into(),
-            to_number: "+14155550100".into(),
-            agent: "default".into(),
-            task: None,
-            status: "queued".into(),
-            api_key_id: None,
-            idempotency_key: None,
-            created_at_ms: 1,
-        })
+        .create_call(&queued_outbound(id))
         .await
         .expect("call");
     let url = format!("{}/twilio/status?call_id={id}", full.app.public_url);
