@@ -95,6 +95,12 @@ async fn dispatch_due(
     let node = &state.node_id;
     let limit = i64::from(state.config.campaign_max_concurrent);
     for campaign_id in store.due_campaigns(now()).await? {
+        // The breaker also runs when an attempt finishes, but that call's contact is free
+        // again before the pause is written: checking here too means a campaign is never
+        // dialed past its threshold by more than the one call already being placed.
+        if circuit_breaker(store, &campaign_id).await? {
+            continue;
+        }
         let live = store.live_attempts_of_node(node).await?;
         if live >= limit {
             debug!(live, limit, "campaign worker at its node limit");
@@ -237,19 +243,20 @@ pub async fn finish(
     Ok(())
 }
 
-/// Pauses a campaign whose recent calls mostly failed, saying why.
-async fn circuit_breaker(store: &Store, campaign_id: &str) -> Result<(), StoreError> {
+/// Pauses a campaign whose recent calls mostly failed, saying why. True when it tripped
+/// (the campaign must not be dialed).
+async fn circuit_breaker(store: &Store, campaign_id: &str) -> Result<bool, StoreError> {
     let Some(c) = store.get_campaign(campaign_id).await? else {
-        return Ok(());
+        return Ok(false);
     };
     if c.status != "active" || c.failure_threshold <= 0.0 {
-        return Ok(());
+        return Ok(false);
     }
     let recent = store
         .recent_outcomes(campaign_id, now() - BREAKER_SPAN_MS, BREAKER_WINDOW)
         .await?;
     if recent.len() < BREAKER_MIN_SAMPLES {
-        return Ok(());
+        return Ok(false);
     }
     let failed = recent.iter().filter(|o| *o == "failed").count();
     let share = failed as f64 / recent.len() as f64;
@@ -269,8 +276,9 @@ async fn circuit_breaker(store: &Store, campaign_id: &str) -> Result<(), StoreEr
             Ok(_) | Err(StoreError::Conflict(_)) => {}
             Err(e) => return Err(e),
         }
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// A stored call reached a final status (Twilio's status callback): finish its campaign
