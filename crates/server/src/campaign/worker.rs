@@ -97,8 +97,10 @@ async fn dispatch_due(
     for campaign_id in store.due_campaigns(now()).await? {
         // The breaker also runs when an attempt finishes, but that call's contact is free
         // again before the pause is written: checking here too means a campaign is never
-        // dialed past its threshold by more than the one call already being placed.
-        if circuit_breaker(store, &campaign_id).await? {
+        // dialed past its threshold by more than the one call already being placed. Only
+        // outcomes since the campaign's last change count here, so a campaign resumed
+        // after a pause is dialed again (its next failure pauses it, as before).
+        if circuit_breaker(store, &campaign_id, Since::LastChange).await? {
             continue;
         }
         let live = store.live_attempts_of_node(node).await?;
@@ -238,22 +240,39 @@ pub async fn finish(
             .add_dnc(&a.phone, Some("opted out during a call"), "agent", t)
             .await?;
     }
-    circuit_breaker(store, &a.campaign_id).await?;
+    circuit_breaker(store, &a.campaign_id, Since::Window).await?;
     state.campaign_wake.notify_one();
     Ok(())
 }
 
+/// Which outcomes the circuit breaker looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Since {
+    /// Those of the breaker's time span.
+    Window,
+    /// Those of the span that ended after the campaign's last change (a resume, an edit).
+    LastChange,
+}
+
 /// Pauses a campaign whose recent calls mostly failed, saying why. True when it tripped
 /// (the campaign must not be dialed).
-async fn circuit_breaker(store: &Store, campaign_id: &str) -> Result<bool, StoreError> {
+async fn circuit_breaker(
+    store: &Store,
+    campaign_id: &str,
+    since: Since,
+) -> Result<bool, StoreError> {
     let Some(c) = store.get_campaign(campaign_id).await? else {
         return Ok(false);
     };
     if c.status != "active" || c.failure_threshold <= 0.0 {
         return Ok(false);
     }
+    let mut from = now() - BREAKER_SPAN_MS;
+    if since == Since::LastChange {
+        from = from.max(c.updated_at_ms);
+    }
     let recent = store
-        .recent_outcomes(campaign_id, now() - BREAKER_SPAN_MS, BREAKER_WINDOW)
+        .recent_outcomes(campaign_id, from, BREAKER_WINDOW)
         .await?;
     if recent.len() < BREAKER_MIN_SAMPLES {
         return Ok(false);

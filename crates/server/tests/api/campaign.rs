@@ -393,14 +393,37 @@ async fn circuit_breaker_pauses_a_failing_campaign() {
     );
     // The breaker stops dialing at its threshold: 10 tried, 2 left alone.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let posts = full
-        .twilio
+    let posts = create_requests(&full);
+    // (an eleventh may have been dialed while the tenth's outcome was being written)
+    assert!((10..=11).contains(&posts), "{posts} create requests");
+
+    // Resumed (say, after the account was fixed), it dials again: the failures that
+    // paused it do not pause it again before a call is placed.
+    let r = full
+        .post_json(&format!("/v1/campaigns/{id}/resume"), &json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let dialed_again = async {
+        loop {
+            let n = create_requests(&full);
+            if n > posts {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), dialed_again)
+        .await
+        .expect("a resumed campaign dials its remaining contacts");
+}
+
+/// How many calls were asked of the Twilio emulator.
+fn create_requests(full: &FullApp) -> usize {
+    full.twilio
         .requests()
         .iter()
         .filter(|r| r.method == "POST" && r.path.ends_with("/Calls.json"))
-        .count();
-    // (an eleventh may have been dialed while the tenth's outcome was being written)
-    assert!((10..=11).contains(&posts), "{posts} create requests");
+        .count()
 }
 
 /// Bad requests get clear errors.
