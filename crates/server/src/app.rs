@@ -536,7 +536,7 @@ async fn voice(
     // written to the store is only collected here: the model socket starts opening
     // first, and the writes overlap with its connect.
     let outbound_id = query_value(&uri, "call_id");
-    let (call_id, settings, new_call, set_sid) = match (&outbound_id, &state.store) {
+    let (mut call_id, settings, write) = match (&outbound_id, &state.store) {
         (Some(id), Some(store)) => {
             let call = store.get_call(id).await?.ok_or_else(|| {
                 ApiError::new(
@@ -545,9 +545,13 @@ async fn voice(
                     format!("no call {id:?}"),
                 )
             })?;
-            let set_sid = call.twilio_call_sid.is_none() && !call_sid.is_empty();
+            let write = if call.twilio_call_sid.is_none() && !call_sid.is_empty() {
+                Write::SetSid
+            } else {
+                Write::Nothing
+            };
             let settings = settings_for_record(&state, &call).map_err(|e| render_failed(id, &e))?;
-            (id.clone(), Arc::new(settings), None, set_sid)
+            (id.clone(), Arc::new(settings), write)
         }
         _ => {
             let id = uuid::Uuid::now_v7().to_string();
@@ -568,7 +572,7 @@ async fn voice(
                 twilio_call_sid: (!call_sid.is_empty()).then(|| call_sid.clone()),
                 created_at_ms: token::now_ms() as i64,
             };
-            (id, Arc::new(settings), Some(new_call), false)
+            (id, Arc::new(settings), Write::Create(Box::new(new_call)))
         }
     };
 
@@ -579,26 +583,22 @@ async fn voice(
     tokio::spawn(async move {
         let _ = tx.send(opener.await);
     });
-    let mut call_id = call_id;
     let mut repeated = false;
-    if let Some(store) = &state.store {
-        if let Some(new_call) = &new_call {
-            match store.create_call(new_call).await {
-                Ok(_) => {}
-                // The CallSid is another call's: a repeated webhook (Twilio retries when
-                // our answer did not reach it in time) answers that call again.
-                Err(voxbridge_store::StoreError::Conflict(why))
-                    if new_call.twilio_call_sid.is_some() =>
-                {
-                    call_id = repeated_inbound(&state, store, &call_sid, why).await?;
-                    repeated = true;
-                }
-                Err(e) => return Err(e.into()),
+    match (&state.store, &write) {
+        (Some(store), Write::Create(new_call)) => match store.create_call(new_call).await {
+            Ok(_) => {}
+            // The CallSid is another call's: a repeated webhook (Twilio retries when
+            // our answer did not reach it in time) answers that call again.
+            Err(voxbridge_store::StoreError::Conflict(why))
+                if new_call.twilio_call_sid.is_some() =>
+            {
+                call_id = repeated_inbound(&state, store, &call_sid, why).await?;
+                repeated = true;
             }
-        }
-        if set_sid {
-            store.set_twilio_sid(&call_id, &call_sid).await?;
-        }
+            Err(e) => return Err(e.into()),
+        },
+        (Some(store), Write::SetSid) => store.set_twilio_sid(&call_id, &call_sid).await?,
+        _ => {}
     }
     let stream_token = token::stream_token(&state.stream_secret, &call_id, token::now_ms());
     let seq = state.preconnect_seq.fetch_add(1, Ordering::Relaxed);
@@ -652,6 +652,15 @@ async fn voice(
     }
     .to_xml();
     Ok(([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], twiml).into_response())
+}
+
+/// What the voice webhook writes to the store once the model connect has started.
+enum Write {
+    /// An inbound call: its row, with the CallSid.
+    Create(Box<voxbridge_store::NewCall>),
+    /// An outbound call whose CallSid Twilio has just told us.
+    SetSid,
+    Nothing,
 }
 
 /// The call a repeated inbound voice webhook belongs to (found by its CallSid), if it

@@ -316,18 +316,7 @@ async fn campaign_follows_the_rules(backend: Backend) {
     assert_eq!(v["counts"]["canceled"], 4);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn campaign_follows_the_rules_sqlite() {
-    campaign_follows_the_rules(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn campaign_follows_the_rules_postgres() {
-    if skip_without_postgres() {
-        return;
-    }
-    campaign_follows_the_rules(Backend::Postgres).await;
-}
+on_both_backends!(campaign_follows_the_rules => campaign_follows_the_rules_sqlite, campaign_follows_the_rules_postgres);
 
 /// Twilio refusing every call (a wrong caller id, say) trips the circuit breaker: the
 /// campaign pauses itself and says why.

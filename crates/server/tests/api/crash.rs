@@ -285,15 +285,4 @@ async fn crash_and_restart(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn campaign_survives_kill_9_sqlite() {
-    crash_and_restart(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn campaign_survives_kill_9_postgres() {
-    if skip_without_postgres() {
-        return;
-    }
-    crash_and_restart(Backend::Postgres).await;
-}
+on_both_backends!(crash_and_restart => campaign_survives_kill_9_sqlite, campaign_survives_kill_9_postgres);

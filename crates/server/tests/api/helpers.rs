@@ -200,6 +200,26 @@ pub fn pg_admin_url() -> Option<String> {
 
 /// True (with a note) when no PostgreSQL is available for the PostgreSQL
 /// variant of a test; `scripts/test.sh` always provides one.
+/// Two tests of `$run(Backend)`: `$sqlite`, and `$postgres` when a server is configured
+/// (`VOXBRIDGE_TEST_PG_URL`; skipped without one).
+macro_rules! on_both_backends {
+    ($run:ident => $sqlite:ident, $postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            $run($crate::helpers::Backend::Sqlite).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $postgres() {
+            if $crate::helpers::skip_without_postgres() {
+                return;
+            }
+            $run($crate::helpers::Backend::Postgres).await;
+        }
+    };
+}
+pub(crate) use on_both_backends;
+
 pub fn skip_without_postgres() -> bool {
     let skip = pg_admin_url().is_none();
     if skip {

@@ -165,18 +165,7 @@ async fn outbound_call_is_recorded_completely(backend: Backend) {
     assert!(txt.contains("Agent:") && txt.contains("Caller:"), "{txt}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outbound_call_end_to_end_on_sqlite() {
-    outbound_call_is_recorded_completely(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outbound_call_end_to_end_on_postgres() {
-    if skip_without_postgres() {
-        return;
-    }
-    outbound_call_is_recorded_completely(Backend::Postgres).await;
-}
+on_both_backends!(outbound_call_is_recorded_completely => outbound_call_end_to_end_on_sqlite, outbound_call_end_to_end_on_postgres);
 
 async fn idempotency_and_outcomes(backend: Backend) {
     let mut emu = emulator();
@@ -252,18 +241,7 @@ async fn idempotency_and_outcomes(backend: Backend) {
     assert_eq!(busy_only["calls"].as_array().map(Vec::len), Some(1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_outcomes_and_listing_on_sqlite() {
-    idempotency_and_outcomes(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_outcomes_and_listing_on_postgres() {
-    if skip_without_postgres() {
-        return;
-    }
-    idempotency_and_outcomes(Backend::Postgres).await;
-}
+on_both_backends!(idempotency_and_outcomes => idempotency_outcomes_and_listing_on_sqlite, idempotency_outcomes_and_listing_on_postgres);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hangup_through_the_api_ends_the_call() {
@@ -391,11 +369,13 @@ async fn repeated_voice_webhooks(backend: Backend) {
         1,
         "the second pre-connect replaces the first"
     );
-    // The first answer's model socket is closed; the second one's stays open for the stream.
+    // The first answer's model socket is closed; the second one's stays open for the
+    // stream. (Under load the second connect can be accepted first: count, not order.)
     assert!(
-        eventually(Duration::from_secs(3), || {
+        eventually(Duration::from_secs(10), || {
             let c = app.sim.connections();
-            c.len() == 2 && c[0].closed_at.is_some() && c[1].closed_at.is_none()
+            let open = c.iter().filter(|c| c.closed_at.is_none()).count();
+            c.len() == 2 && open == 1
         })
         .await,
         "{:?}",
@@ -447,7 +427,7 @@ async fn a_repeated_answer_keeps_its_own_preconnect_ttl() {
     let full = spawn_full(
         Backend::Sqlite,
         emulator(),
-        &[("PRECONNECT_TTL_MS", "2000")],
+        &[("PRECONNECT_TTL_MS", "4000")],
     )
     .await;
     let app = &full.app;
@@ -456,15 +436,15 @@ async fn a_repeated_answer_keeps_its_own_preconnect_ttl() {
     voxbridge_sim::caller::fetch_twiml(&cfg)
         .await
         .expect("first answer");
-    tokio::time::sleep_until(t0 + Duration::from_millis(1000)).await;
+    tokio::time::sleep_until(t0 + Duration::from_millis(2000)).await;
     voxbridge_sim::caller::fetch_twiml(&cfg)
         .await
         .expect("second answer");
-    // The first answer's TTL has passed (2.0 s), the second's has not (3.0 s).
-    tokio::time::sleep_until(t0 + Duration::from_millis(2500)).await;
+    // The first answer's TTL has passed (4 s), the second's has not (6 s).
+    tokio::time::sleep_until(t0 + Duration::from_millis(5000)).await;
     let conns = app.sim.connections();
     assert!(
-        conns.len() == 2 && conns[1].closed_at.is_none(),
+        conns.len() == 2 && conns.iter().filter(|c| c.closed_at.is_none()).count() == 1,
         "the second pre-connect was expired by the first one's timer: {conns:?}"
     );
     assert_eq!(app.state.active_calls(), 1);
@@ -483,7 +463,7 @@ async fn refused_webhook(app: &TestApp, cfg: &voxbridge_sim::caller::CallerConfi
         other => panic!("expected 409, got {other:?}"),
     };
     assert!(
-        eventually(Duration::from_secs(3), || {
+        eventually(Duration::from_secs(10), || {
             let c = app.sim.connections();
             c.len() == before + 1 && c.iter().all(|c| c.closed_at.is_some())
         })
@@ -495,18 +475,7 @@ async fn refused_webhook(app: &TestApp, cfg: &voxbridge_sim::caller::CallerConfi
     error
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_voice_webhooks_on_sqlite() {
-    repeated_voice_webhooks(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_voice_webhooks_on_postgres() {
-    if skip_without_postgres() {
-        return;
-    }
-    repeated_voice_webhooks(Backend::Postgres).await;
-}
+on_both_backends!(repeated_voice_webhooks => repeated_voice_webhooks_on_sqlite, repeated_voice_webhooks_on_postgres);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors_and_write_nothing() {
